@@ -1,0 +1,114 @@
+//! Configuration: one TOML file, every key overridable from the environment,
+//! unknown keys rejected, and every error naming the key it is about.
+//!
+//! Loading is all-or-nothing: a `Config` value only exists once it has been
+//! parsed *and* validated, so the rest of spool never re-checks it.
+
+mod env;
+mod model;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+
+/// Why a configuration could not be loaded. Every variant names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`{origin}: {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    pub(crate) fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            origin: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads `path` (a missing file is an empty config only when `required` is
+/// false), applies `SPOOL_*` overrides from `vars`, then validates.
+pub fn load(
+    path: &Path,
+    required: bool,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    parse(&text, path, vars)
+}
+
+/// Parses a config from TOML text with no environment overrides.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    parse(text, Path::new("<inline>"), std::iter::empty())
+}
+
+fn parse(
+    text: &str,
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let overrides = env::apply_overrides(&mut table, vars)?;
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let message = e.inner().message().to_owned();
+        let key = key_of(&e.path().to_string(), &message);
+        let origin = overrides
+            .iter()
+            .find(|(k, _)| key.starts_with(k.as_str()))
+            .map(|(_, var)| format!(" (from {var})"))
+            .unwrap_or_default();
+        ConfigError::Key {
+            key,
+            origin,
+            message,
+        }
+    })?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+/// The dotted key an error is about. serde reports an unknown field at its
+/// parent's path, so the field's own name is appended: `server.lisen`, not
+/// `server`.
+fn key_of(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    match unknown {
+        Some(field) if parent.is_empty() => field.to_owned(),
+        Some(field) => format!("{parent}.{field}"),
+        None if parent.is_empty() => "(top level)".to_owned(),
+        None => parent.to_owned(),
+    }
+}

@@ -1,0 +1,266 @@
+//! The shape of spool.toml. Every section has defaults, so an empty file is a
+//! valid (if route-less) configuration; `deny_unknown_fields` everywhere so a
+//! typo is an error rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration, as validated at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: the two listeners and the limits put on every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted on a write, in bytes.
+    pub max_body_bytes: u64,
+    /// Largest total size of a request's header names and values.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Bearer token for /admin. Prefer `SPOOL_ADMIN_TOKEN` to the file.
+    pub admin_token: Option<String>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 4000).into(),
+            admin_listen: ([127, 0, 0, 1], 4001).into(),
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            admin_token: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// `[database]`: where the outbox lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://` URL. Unset: spool runs its own Postgres in `embedded_dir`.
+    pub url: Option<String>,
+    /// Where the embedded Postgres keeps its cluster when `url` is unset.
+    pub embedded_dir: PathBuf,
+    /// Directory of initdb, pg_ctl and postgres; searched for when unset.
+    pub embedded_bin_dir: Option<PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Bound on opening one connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            embedded_dir: PathBuf::from(".spool/postgres"),
+            embedded_bin_dir: None,
+            pool_size: 16,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// `[ingest]`: how writes are gathered into group commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most writes committed in one transaction.
+    pub batch_max: usize,
+    /// Tasks committing batches at once (each holds one connection).
+    pub committers: usize,
+    /// Writes waiting for a committer; past this, 503 at once.
+    pub queue_capacity: usize,
+    /// Longest a write waits for its commit before it is answered 503.
+    pub commit_timeout_ms: u64,
+    /// How long an Idempotency-Key is remembered.
+    pub idempotency_retention_s: u64,
+    /// Retry-After sent with a 503.
+    pub retry_after_s: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max: 256,
+            committers: 4,
+            queue_capacity: 8192,
+            commit_timeout_ms: 2_000,
+            idempotency_retention_s: 24 * 3600,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.commit_timeout_ms)
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, or `spool=debug,tokio_postgres=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// JSON lines for machines (the default), or text for a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `[[routes]]`: a name on the data port and the targets its writes go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default = "default_write_methods")]
+    pub write_methods: Vec<String>,
+    /// Per-attempt timeout when forwarding or reading.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Request headers stored with a write and forwarded. Case-insensitive;
+    /// a trailing `*` matches a prefix (`x-*`).
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+    /// The target reads go to; the first target when unset.
+    #[serde(default)]
+    pub read_target: Option<String>,
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub rate: RateConfig,
+}
+
+fn default_write_methods() -> Vec<String> {
+    ["POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_forward_headers() -> Vec<String> {
+    [
+        "content-type",
+        "content-encoding",
+        "content-language",
+        "accept",
+        "accept-language",
+        "user-agent",
+        "x-*",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `[[routes.targets]]`: one downstream that receives every write of the route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: String,
+}
+
+/// `[routes.retry]`: backoff between attempts and when to give up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub max_attempts: u32,
+    /// Give up on a delivery this long after its write was accepted.
+    pub max_age_s: u64,
+    /// 4xx statuses retried rather than dead-lettered at once.
+    pub retry_statuses: Vec<u16>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_ms: 100,
+            max_ms: 60_000,
+            max_attempts: 20,
+            max_age_s: 3 * 24 * 3600,
+            retry_statuses: vec![408, 425, 429],
+        }
+    }
+}
+
+/// `[routes.breaker]`: when a target is considered down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_ms: 30_000,
+        }
+    }
+}
+
+/// `[routes.rate]`: flow control per target (0 per second stops sending).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub per_second: f64,
+    /// Requests that may go at once after a quiet spell; `per_second` if unset.
+    pub burst: Option<u32>,
+    pub concurrency: usize,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            per_second: 500.0,
+            burst: None,
+            concurrency: 32,
+        }
+    }
+}

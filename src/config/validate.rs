@@ -1,0 +1,274 @@
+//! Checks that serde cannot express. Every problem is collected, so that an
+//! operator fixes the file once rather than once per error.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError, RouteConfig};
+
+/// Methods that may be configured as write methods. GET and HEAD are reads.
+const WRITABLE: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
+
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    let mut fail = |key: String, message: String| errors.push(ConfigError::key(key, message));
+
+    let server = &config.server;
+    if server.max_body_bytes == 0 {
+        fail("server.max_body_bytes".into(), "must be at least 1".into());
+    }
+    if server.max_header_bytes < 1024 {
+        fail("server.max_header_bytes".into(), "must be at least 1024".into());
+    }
+    if server.max_headers < 8 {
+        fail("server.max_headers".into(), "must be at least 8".into());
+    }
+    match &server.admin_token {
+        Some(token) if token.trim().is_empty() => {
+            fail("server.admin_token".into(), "is set but empty".into())
+        }
+        None if !server.admin_listen.ip().is_loopback() => fail(
+            "server.admin_token".into(),
+            format!(
+                "must be set (SPOOL_ADMIN_TOKEN) to listen for admin calls on {}, which is not loopback",
+                server.admin_listen
+            ),
+        ),
+        _ => {}
+    }
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        fail(
+            "server.admin_listen".into(),
+            format!("is the same address as server.listen ({})", server.listen),
+        );
+    }
+
+    let db = &config.database;
+    if let Some(url) = &db.url {
+        // The URL may hold a password: describe the problem, never echo it.
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            fail("database.url".into(), format!("is not a valid Postgres URL: {e}"));
+        }
+    }
+    let ingest = &config.ingest;
+    if ingest.committers == 0 {
+        fail("ingest.committers".into(), "must be at least 1".into());
+    }
+    if db.pool_size < ingest.committers + 2 {
+        fail(
+            "database.pool_size".into(),
+            format!(
+                "must be at least ingest.committers + 2 ({}) so that health checks and delivery get a connection",
+                ingest.committers + 2
+            ),
+        );
+    }
+    if db.connect_timeout_ms == 0 {
+        fail("database.connect_timeout_ms".into(), "must be at least 1".into());
+    }
+    if !(1..=10_000).contains(&ingest.batch_max) {
+        fail("ingest.batch_max".into(), "must be between 1 and 10000".into());
+    }
+    if ingest.queue_capacity == 0 {
+        fail("ingest.queue_capacity".into(), "must be at least 1".into());
+    }
+    if ingest.commit_timeout_ms < 10 {
+        fail("ingest.commit_timeout_ms".into(), "must be at least 10".into());
+    }
+    if ingest.retry_after_s == 0 {
+        fail("ingest.retry_after_s".into(), "must be at least 1".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        fail("log.level".into(), format!("is not a valid filter: {e}"));
+    }
+
+    let mut names = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !names.insert(route.name.as_str()) {
+            fail(format!("{key}.name"), format!("`{}` is used by an earlier route", route.name));
+        }
+        validate_route(&key, route, &mut fail);
+    }
+
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(ConfigError::Invalid(errors)),
+    }
+}
+
+fn validate_route(key: &str, route: &RouteConfig, fail: &mut impl FnMut(String, String)) {
+    if !is_name(&route.name) {
+        fail(
+            format!("{key}.name"),
+            format!("`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`", route.name),
+        );
+    }
+    if route.write_methods.is_empty() {
+        fail(format!("{key}.write_methods"), "must name at least one method".into());
+    }
+    for method in &route.write_methods {
+        if !WRITABLE.contains(&method.as_str()) {
+            fail(
+                format!("{key}.write_methods"),
+                format!("`{method}` is not one of {}", WRITABLE.join(", ")),
+            );
+        }
+    }
+    if route.timeout_ms == 0 {
+        fail(format!("{key}.timeout_ms"), "must be at least 1".into());
+    }
+    for header in &route.forward_headers {
+        let name = header.strip_suffix('*').unwrap_or(header);
+        let valid = header == "*"
+            || (!name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok());
+        if !valid {
+            fail(format!("{key}.forward_headers"), format!("`{header}` is not a header name"));
+        }
+    }
+    if route.targets.is_empty() {
+        fail(format!("{key}.targets"), "must list at least one target".into());
+    }
+    let mut targets = HashSet::new();
+    for (j, target) in route.targets.iter().enumerate() {
+        let tkey = format!("{key}.targets[{j}]");
+        if !is_name(&target.name) {
+            fail(format!("{tkey}.name"), format!("`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`", target.name));
+        }
+        if !targets.insert(target.name.as_str()) {
+            fail(format!("{tkey}.name"), format!("`{}` is used by an earlier target of this route", target.name));
+        }
+        if let Err(message) = check_target_url(&target.url) {
+            fail(format!("{tkey}.url"), message);
+        }
+    }
+    if let Some(read) = &route.read_target
+        && !targets.contains(read.as_str())
+    {
+        fail(format!("{key}.read_target"), format!("`{read}` is not a target of this route"));
+    }
+    let retry = &route.retry;
+    if retry.initial_ms == 0 {
+        fail(format!("{key}.retry.initial_ms"), "must be at least 1".into());
+    }
+    if retry.max_ms < retry.initial_ms {
+        fail(format!("{key}.retry.max_ms"), "must be at least retry.initial_ms".into());
+    }
+    if retry.max_attempts == 0 {
+        fail(format!("{key}.retry.max_attempts"), "must be at least 1".into());
+    }
+    if retry.max_age_s == 0 {
+        fail(format!("{key}.retry.max_age_s"), "must be at least 1".into());
+    }
+    for status in &retry.retry_statuses {
+        if !(400..500).contains(status) {
+            fail(format!("{key}.retry.retry_statuses"), format!("{status} is not a 4xx status (5xx are always retried)"));
+        }
+    }
+    if route.breaker.failure_threshold == 0 {
+        fail(format!("{key}.breaker.failure_threshold"), "must be at least 1".into());
+    }
+    if route.breaker.open_ms == 0 {
+        fail(format!("{key}.breaker.open_ms"), "must be at least 1".into());
+    }
+    let rate = &route.rate;
+    if !rate.per_second.is_finite() || rate.per_second < 0.0 {
+        fail(format!("{key}.rate.per_second"), "must be 0 (stopped) or more".into());
+    }
+    if rate.burst == Some(0) {
+        fail(format!("{key}.rate.burst"), "must be at least 1".into());
+    }
+    if rate.concurrency == 0 {
+        fail(format!("{key}.rate.concurrency"), "must be at least 1".into());
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_target_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not have a query"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::from_toml;
+
+    const ROUTE: &str = r#"
+[[routes]]
+name = "orders"
+  [[routes.targets]]
+  name = "billing"
+  url = "http://127.0.0.1:9001"
+"#;
+
+    fn error_of(text: &str) -> String {
+        from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_the_design_example() {
+        let config = from_toml(include_str!("../../examples/spool.toml")).unwrap();
+        assert_eq!(config.routes[0].targets.len(), 2);
+    }
+
+    #[test]
+    fn validate_rejects_unknown_key_naming_it() {
+        let err = error_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"");
+        assert!(err.contains("`server.lisen`"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_wrong_type_naming_key() {
+        let err = error_of("[server]\nmax_body_bytes = \"big\"");
+        assert!(err.contains("`server.max_body_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_public_admin_without_token() {
+        let err = error_of("[server]\nadmin_listen = \"0.0.0.0:4001\"");
+        assert!(err.contains("`server.admin_token`"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_bad_target_url_and_reports_all() {
+        let text = ROUTE.replace("http://127.0.0.1:9001", "ftp://x") + "\n[ingest]\nbatch_max = 0\n";
+        let err = error_of(&text);
+        assert!(err.contains("`routes[0].targets[0].url`"), "{err}");
+        assert!(err.contains("`ingest.batch_max`"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_read_methods_as_writes() {
+        let text = ROUTE.replace("name = \"orders\"", "name = \"orders\"\nwrite_methods = [\"GET\"]");
+        assert!(error_of(&text).contains("`routes[0].write_methods`"));
+    }
+
+    #[test]
+    fn validate_rejects_duplicate_route() {
+        let err = error_of(&format!("{ROUTE}{ROUTE}"));
+        assert!(err.contains("`routes[1].name`"), "{err}");
+    }
+
+    #[test]
+    fn validate_never_echoes_database_url() {
+        let err = error_of("[database]\nurl = \"postgres://u:s3cret@h:notaport/db\"");
+        assert!(err.contains("`database.url`"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! spool: a write de-synchronizing sidecar. Writes are committed to a
+//! Postgres outbox before they are acknowledged, then forwarded.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod data_port;
+pub mod embedded_pg;
+pub mod ingest;
+pub mod outbox;
+pub mod problem;
+pub mod server;
+pub mod telemetry;
+
+pub use server::Spool;

@@ -1,0 +1,72 @@
+//! The connection pool, with every wait bounded: a Postgres that is down,
+//! refusing or frozen must turn into a prompt error, never a hung request.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::sql;
+use crate::config::DatabaseConfig;
+
+/// Why the outbox could not be used. `Timeout` covers a database that
+/// accepted the connection but stopped answering.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("invalid database.url: {0}")]
+    Config(String),
+}
+
+/// Builds the pool for `url`. Connections are opened lazily, so this does not
+/// fail when Postgres is down; the first use does.
+pub fn connect_pool(url: &str, config: &DatabaseConfig) -> Result<Pool, DbError> {
+    let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    pg.connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(15));
+    if pg.get_application_name().is_none() {
+        pg.application_name("spool");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            // A dead connection shows as closed; a frozen one is caught by the
+            // callers' timeouts and discarded, so no test query per checkout.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// A committed write of the heartbeat row: the outbox is writable. A
+/// connection that times out is dropped rather than returned to the pool.
+pub async fn heartbeat(pool: &Pool, owner: &str, timeout: Duration) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let result = tokio::time::timeout(timeout, async {
+        let statement = client.prepare_cached(sql::HEARTBEAT).await?;
+        client.execute(&statement, &[&owner]).await
+    })
+    .await;
+    match result {
+        Ok(done) => done.map(drop).map_err(DbError::from),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(DbError::Timeout(timeout))
+        }
+    }
+}
