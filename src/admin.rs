@@ -51,8 +51,15 @@ async fn readyz(State(admin): State<Arc<AdminPort>>) -> Response {
         }),
     };
     let ready = result.is_ok();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(status, serde_json::json!({"ready": ready, "checks": [check]}))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": ready, "checks": [check]}),
+    )
 }
 
 async fn metrics(State(admin): State<Arc<AdminPort>>) -> Response {
@@ -66,8 +73,9 @@ async fn metrics(State(admin): State<Arc<AdminPort>>) -> Response {
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

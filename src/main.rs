@@ -43,7 +43,11 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            println!("{}: configuration is valid ({} routes)", cli.config.display(), config.routes.len());
+            println!(
+                "{}: configuration is valid ({} routes)",
+                cli.config.display(),
+                config.routes.len()
+            );
             ExitCode::SUCCESS
         }
         Command::Run => run(config),

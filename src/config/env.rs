@@ -38,7 +38,10 @@ pub(super) fn apply_overrides(
     let mut applied = Vec::with_capacity(vars.len());
     for (name, raw) in vars {
         let (path, value) = match ALIASES.iter().find(|(alias, _)| *alias == name) {
-            Some((_, key)) => (key.split('.').map(str::to_owned).collect(), Value::String(raw)),
+            Some((_, key)) => (
+                key.split('.').map(str::to_owned).collect(),
+                Value::String(raw),
+            ),
             None => (path_of(&name)?, value_of(raw)),
         };
         set(table, &path, value).map_err(|message| ConfigError::Env {
@@ -58,7 +61,11 @@ fn path_of(name: &str) -> Result<Vec<String>, ConfigError> {
             var: name.to_owned(),
             message: format!(
                 "not a spool setting; use SPOOL_SECTION__KEY (for example SPOOL_SERVER__MAX_BODY_BYTES) or one of {}",
-                ALIASES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
+                ALIASES
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }
@@ -161,8 +168,8 @@ mod tests {
 
     #[test]
     fn rejects_index_past_end() {
-        let err =
-            apply_overrides(&mut Table::new(), vars(&[("SPOOL_ROUTES__3__NAME", "x")])).unwrap_err();
+        let err = apply_overrides(&mut Table::new(), vars(&[("SPOOL_ROUTES__3__NAME", "x")]))
+            .unwrap_err();
         assert!(err.to_string().contains("SPOOL_ROUTES__3__NAME"), "{err}");
     }
 }

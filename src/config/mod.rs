@@ -74,38 +74,43 @@ fn parse(
     path: &Path,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })?;
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
     let overrides = env::apply_overrides(&mut table, vars)?;
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let message = e.inner().message().to_owned();
-        let key = key_of(&e.path().to_string(), &message);
-        let origin = overrides
-            .iter()
-            .find(|(k, _)| key.starts_with(k.as_str()))
-            .map(|(_, var)| format!(" (from {var})"))
-            .unwrap_or_default();
-        ConfigError::Key {
-            key,
-            origin,
-            message,
-        }
-    })?;
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let message = e.inner().message().to_owned();
+            let key = key_of(&e.path().to_string(), &message);
+            let origin = overrides
+                .iter()
+                .find(|(k, _)| key.starts_with(k.as_str()))
+                .map(|(_, var)| format!(" (from {var})"))
+                .unwrap_or_default();
+            ConfigError::Key {
+                key,
+                origin,
+                message,
+            }
+        })?;
     validate::validate(&config)?;
     Ok(config)
 }
 
-/// The dotted key an error is about. serde reports an unknown field at its
-/// parent's path, so the field's own name is appended: `server.lisen`, not
-/// `server`.
+/// The dotted key an error is about: the path serde reports, which for an
+/// unknown field may or may not already end with the field's own name.
 fn key_of(path: &str, message: &str) -> String {
     let parent = if path == "." { "" } else { path };
     let unknown = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next());
     match unknown {
+        Some(field) if parent == field || parent.ends_with(&format!(".{field}")) => {
+            parent.to_owned()
+        }
         Some(field) if parent.is_empty() => field.to_owned(),
         Some(field) => format!("{parent}.{field}"),
         None if parent.is_empty() => "(top level)".to_owned(),

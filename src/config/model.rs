@@ -174,7 +174,9 @@ pub struct RouteConfig {
 }
 
 fn default_write_methods() -> Vec<String> {
-    ["POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+    ["POST", "PUT", "PATCH", "DELETE"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_timeout_ms() -> u64 {

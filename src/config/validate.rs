@@ -17,7 +17,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         fail("server.max_body_bytes".into(), "must be at least 1".into());
     }
     if server.max_header_bytes < 1024 {
-        fail("server.max_header_bytes".into(), "must be at least 1024".into());
+        fail(
+            "server.max_header_bytes".into(),
+            "must be at least 1024".into(),
+        );
     }
     if server.max_headers < 8 {
         fail("server.max_headers".into(), "must be at least 8".into());
@@ -46,7 +49,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(url) = &db.url {
         // The URL may hold a password: describe the problem, never echo it.
         if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            fail("database.url".into(), format!("is not a valid Postgres URL: {e}"));
+            fail(
+                "database.url".into(),
+                format!("is not a valid Postgres URL: {e}"),
+            );
         }
     }
     let ingest = &config.ingest;
@@ -63,16 +69,25 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         );
     }
     if db.connect_timeout_ms == 0 {
-        fail("database.connect_timeout_ms".into(), "must be at least 1".into());
+        fail(
+            "database.connect_timeout_ms".into(),
+            "must be at least 1".into(),
+        );
     }
     if !(1..=10_000).contains(&ingest.batch_max) {
-        fail("ingest.batch_max".into(), "must be between 1 and 10000".into());
+        fail(
+            "ingest.batch_max".into(),
+            "must be between 1 and 10000".into(),
+        );
     }
     if ingest.queue_capacity == 0 {
         fail("ingest.queue_capacity".into(), "must be at least 1".into());
     }
     if ingest.commit_timeout_ms < 10 {
-        fail("ingest.commit_timeout_ms".into(), "must be at least 10".into());
+        fail(
+            "ingest.commit_timeout_ms".into(),
+            "must be at least 10".into(),
+        );
     }
     if ingest.retry_after_s == 0 {
         fail("ingest.retry_after_s".into(), "must be at least 1".into());
@@ -85,7 +100,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, route) in config.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         if !names.insert(route.name.as_str()) {
-            fail(format!("{key}.name"), format!("`{}` is used by an earlier route", route.name));
+            fail(
+                format!("{key}.name"),
+                format!("`{}` is used by an earlier route", route.name),
+            );
         }
         validate_route(&key, route, &mut fail);
     }
@@ -101,11 +119,17 @@ fn validate_route(key: &str, route: &RouteConfig, fail: &mut impl FnMut(String, 
     if !is_name(&route.name) {
         fail(
             format!("{key}.name"),
-            format!("`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`", route.name),
+            format!(
+                "`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
+                route.name
+            ),
         );
     }
     if route.write_methods.is_empty() {
-        fail(format!("{key}.write_methods"), "must name at least one method".into());
+        fail(
+            format!("{key}.write_methods"),
+            "must name at least one method".into(),
+        );
     }
     for method in &route.write_methods {
         if !WRITABLE.contains(&method.as_str()) {
@@ -123,20 +147,38 @@ fn validate_route(key: &str, route: &RouteConfig, fail: &mut impl FnMut(String, 
         let valid = header == "*"
             || (!name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok());
         if !valid {
-            fail(format!("{key}.forward_headers"), format!("`{header}` is not a header name"));
+            fail(
+                format!("{key}.forward_headers"),
+                format!("`{header}` is not a header name"),
+            );
         }
     }
     if route.targets.is_empty() {
-        fail(format!("{key}.targets"), "must list at least one target".into());
+        fail(
+            format!("{key}.targets"),
+            "must list at least one target".into(),
+        );
     }
     let mut targets = HashSet::new();
     for (j, target) in route.targets.iter().enumerate() {
         let tkey = format!("{key}.targets[{j}]");
         if !is_name(&target.name) {
-            fail(format!("{tkey}.name"), format!("`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`", target.name));
+            fail(
+                format!("{tkey}.name"),
+                format!(
+                    "`{}` must be 1-64 characters of a-z, A-Z, 0-9, `-`, `_` or `.`",
+                    target.name
+                ),
+            );
         }
         if !targets.insert(target.name.as_str()) {
-            fail(format!("{tkey}.name"), format!("`{}` is used by an earlier target of this route", target.name));
+            fail(
+                format!("{tkey}.name"),
+                format!(
+                    "`{}` is used by an earlier target of this route",
+                    target.name
+                ),
+            );
         }
         if let Err(message) = check_target_url(&target.url) {
             fail(format!("{tkey}.url"), message);
@@ -145,41 +187,71 @@ fn validate_route(key: &str, route: &RouteConfig, fail: &mut impl FnMut(String, 
     if let Some(read) = &route.read_target
         && !targets.contains(read.as_str())
     {
-        fail(format!("{key}.read_target"), format!("`{read}` is not a target of this route"));
+        fail(
+            format!("{key}.read_target"),
+            format!("`{read}` is not a target of this route"),
+        );
     }
     let retry = &route.retry;
     if retry.initial_ms == 0 {
-        fail(format!("{key}.retry.initial_ms"), "must be at least 1".into());
+        fail(
+            format!("{key}.retry.initial_ms"),
+            "must be at least 1".into(),
+        );
     }
     if retry.max_ms < retry.initial_ms {
-        fail(format!("{key}.retry.max_ms"), "must be at least retry.initial_ms".into());
+        fail(
+            format!("{key}.retry.max_ms"),
+            "must be at least retry.initial_ms".into(),
+        );
     }
     if retry.max_attempts == 0 {
-        fail(format!("{key}.retry.max_attempts"), "must be at least 1".into());
+        fail(
+            format!("{key}.retry.max_attempts"),
+            "must be at least 1".into(),
+        );
     }
     if retry.max_age_s == 0 {
-        fail(format!("{key}.retry.max_age_s"), "must be at least 1".into());
+        fail(
+            format!("{key}.retry.max_age_s"),
+            "must be at least 1".into(),
+        );
     }
     for status in &retry.retry_statuses {
         if !(400..500).contains(status) {
-            fail(format!("{key}.retry.retry_statuses"), format!("{status} is not a 4xx status (5xx are always retried)"));
+            fail(
+                format!("{key}.retry.retry_statuses"),
+                format!("{status} is not a 4xx status (5xx are always retried)"),
+            );
         }
     }
     if route.breaker.failure_threshold == 0 {
-        fail(format!("{key}.breaker.failure_threshold"), "must be at least 1".into());
+        fail(
+            format!("{key}.breaker.failure_threshold"),
+            "must be at least 1".into(),
+        );
     }
     if route.breaker.open_ms == 0 {
-        fail(format!("{key}.breaker.open_ms"), "must be at least 1".into());
+        fail(
+            format!("{key}.breaker.open_ms"),
+            "must be at least 1".into(),
+        );
     }
     let rate = &route.rate;
     if !rate.per_second.is_finite() || rate.per_second < 0.0 {
-        fail(format!("{key}.rate.per_second"), "must be 0 (stopped) or more".into());
+        fail(
+            format!("{key}.rate.per_second"),
+            "must be 0 (stopped) or more".into(),
+        );
     }
     if rate.burst == Some(0) {
         fail(format!("{key}.rate.burst"), "must be at least 1".into());
     }
     if rate.concurrency == 0 {
-        fail(format!("{key}.rate.concurrency"), "must be at least 1".into());
+        fail(
+            format!("{key}.rate.concurrency"),
+            "must be at least 1".into(),
+        );
     }
 }
 
@@ -191,7 +263,9 @@ fn is_name(name: &str) -> bool {
 }
 
 fn check_target_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err(format!("`{url}` must start with http:// or https://")),
@@ -247,7 +321,8 @@ name = "orders"
 
     #[test]
     fn validate_rejects_bad_target_url_and_reports_all() {
-        let text = ROUTE.replace("http://127.0.0.1:9001", "ftp://x") + "\n[ingest]\nbatch_max = 0\n";
+        let text =
+            ROUTE.replace("http://127.0.0.1:9001", "ftp://x") + "\n[ingest]\nbatch_max = 0\n";
         let err = error_of(&text);
         assert!(err.contains("`routes[0].targets[0].url`"), "{err}");
         assert!(err.contains("`ingest.batch_max`"), "{err}");
@@ -255,7 +330,10 @@ name = "orders"
 
     #[test]
     fn validate_rejects_read_methods_as_writes() {
-        let text = ROUTE.replace("name = \"orders\"", "name = \"orders\"\nwrite_methods = [\"GET\"]");
+        let text = ROUTE.replace(
+            "name = \"orders\"",
+            "name = \"orders\"\nwrite_methods = [\"GET\"]",
+        );
         assert!(error_of(&text).contains("`routes[0].write_methods`"));
     }
 

@@ -68,7 +68,9 @@ mod tests {
 
     #[test]
     fn missing_binaries_name_the_package() {
-        let err = locate(Some(Path::new("/nonexistent"))).unwrap_err().to_string();
+        let err = locate(Some(Path::new("/nonexistent")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("apt-get install postgresql"), "{err}");
         assert!(err.contains("database.embedded_bin_dir"), "{err}");
     }

@@ -54,9 +54,14 @@ pub struct EmbeddedPostgres {
 
 impl EmbeddedPostgres {
     /// Locates the binaries; touches nothing yet.
-    pub fn new(dir: &Path, bin_dir: Option<&Path>, durability: Durability) -> Result<Self, EmbeddedError> {
+    pub fn new(
+        dir: &Path,
+        bin_dir: Option<&Path>,
+        durability: Durability,
+    ) -> Result<Self, EmbeddedError> {
         let bin_dir = binaries::locate(bin_dir)?;
-        let dir = std::path::absolute(dir).map_err(|e| EmbeddedError::Setup(format!("{}: {e}", dir.display())))?;
+        let dir = std::path::absolute(dir)
+            .map_err(|e| EmbeddedError::Setup(format!("{}: {e}", dir.display())))?;
         let socket = dir.join(".s.PGSQL.5432");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(EmbeddedError::Setup(format!(
@@ -83,18 +88,28 @@ impl EmbeddedPostgres {
 
     /// A connection string for the cluster's Unix socket.
     pub fn url(&self) -> String {
-        let host = self.dir.display().to_string().replace('\\', "\\\\").replace('\'', "\\'");
+        let host = self
+            .dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
         format!("host='{host}' port=5432 user=postgres dbname=postgres")
     }
 
     /// Creates the cluster if there is none, and starts it unless it is
     /// already running (left by a spool that was killed). Returns the URL.
     pub async fn start(&self) -> Result<String, EmbeddedError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| EmbeddedError::Setup(format!("cannot create {}: {e}", self.dir.display())))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            EmbeddedError::Setup(format!("cannot create {}: {e}", self.dir.display()))
+        })?;
         if self.as_postgres_user {
-            self.run("chown", &["-R", "postgres:postgres", &self.dir.display().to_string()], "giving the directory to the postgres user")
-                .await?;
+            self.run(
+                "chown",
+                &["-R", "postgres:postgres", &self.dir.display().to_string()],
+                "giving the directory to the postgres user",
+            )
+            .await?;
         }
         if !self.data_dir().join("PG_VERSION").exists() {
             self.initdb().await?;
@@ -103,7 +118,11 @@ impl EmbeddedPostgres {
         if self.is_running().await {
             tracing::info!(dir = %self.dir.display(), "embedded Postgres already running; reusing it");
         } else {
-            self.pg_ctl(&["start", "-w", "-t", "60", "-l", &self.log_file()], "starting Postgres").await?;
+            self.pg_ctl(
+                &["start", "-w", "-t", "60", "-l", &self.log_file()],
+                "starting Postgres",
+            )
+            .await?;
             tracing::info!(dir = %self.dir.display(), log = %self.log_file(), "embedded Postgres started");
         }
         Ok(self.url())
@@ -112,7 +131,8 @@ impl EmbeddedPostgres {
     /// Stops the cluster: `fast` rolls back open transactions and exits
     /// cleanly; `immediate` is a crash, recovered from on the next start.
     pub async fn stop(&self, mode: &str) -> Result<(), EmbeddedError> {
-        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", mode], "stopping Postgres").await
+        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", mode], "stopping Postgres")
+            .await
     }
 
     pub async fn is_running(&self) -> bool {
@@ -131,11 +151,21 @@ impl EmbeddedPostgres {
 
     async fn initdb(&self) -> Result<(), EmbeddedError> {
         let data = self.data_dir().display().to_string();
-        let mut args = vec!["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"];
+        let mut args = vec![
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ];
         if self.durability == Durability::Throwaway {
             args.push("--no-sync");
         }
-        self.run(&self.bin("initdb"), &args, "creating the Postgres cluster").await?;
+        self.run(&self.bin("initdb"), &args, "creating the Postgres cluster")
+            .await?;
         tracing::info!(dir = %data, "embedded Postgres cluster created");
         Ok(())
     }
@@ -156,12 +186,14 @@ impl EmbeddedPostgres {
         let include = "include_if_exists = 'spool.conf'";
         if !text.contains(include) {
             text.push_str(&format!("\n{include}\n"));
-            std::fs::write(&conf, text)
-                .map_err(|e| EmbeddedError::Setup(format!("cannot write {}: {e}", conf.display())))?;
+            std::fs::write(&conf, text).map_err(|e| {
+                EmbeddedError::Setup(format!("cannot write {}: {e}", conf.display()))
+            })?;
         }
         let spool_conf = self.data_dir().join("spool.conf");
-        std::fs::write(&spool_conf, settings)
-            .map_err(|e| EmbeddedError::Setup(format!("cannot write {}: {e}", spool_conf.display())))
+        std::fs::write(&spool_conf, settings).map_err(|e| {
+            EmbeddedError::Setup(format!("cannot write {}: {e}", spool_conf.display()))
+        })
     }
 
     fn log_file(&self) -> String {
@@ -179,16 +211,21 @@ impl EmbeddedPostgres {
         self.run(&self.bin("pg_ctl"), &all, action).await.map(drop)
     }
 
-    async fn run(&self, program: &str, args: &[&str], action: &'static str) -> Result<Output, EmbeddedError> {
-        let output = self
-            .command(program, args)
-            .output()
-            .await
-            .map_err(|e| EmbeddedError::Command {
-                action,
-                dir: self.dir.clone(),
-                detail: format!("cannot run {program}: {e}"),
-            })?;
+    async fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        action: &'static str,
+    ) -> Result<Output, EmbeddedError> {
+        let output =
+            self.command(program, args)
+                .output()
+                .await
+                .map_err(|e| EmbeddedError::Command {
+                    action,
+                    dir: self.dir.clone(),
+                    detail: format!("cannot run {program}: {e}"),
+                })?;
         if output.status.success() {
             return Ok(output);
         }
@@ -199,7 +236,11 @@ impl EmbeddedPostgres {
         Err(EmbeddedError::Command {
             action,
             dir: self.dir.clone(),
-            detail: format!("{program} exited with {}: {detail} (see {})", output.status, self.log_file()),
+            detail: format!(
+                "{program} exited with {}: {detail} (see {})",
+                output.status,
+                self.log_file()
+            ),
         })
     }
 
@@ -212,7 +253,10 @@ impl EmbeddedPostgres {
         } else {
             Command::new(program)
         };
-        command.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
         command
     }
 }

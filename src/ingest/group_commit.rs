@@ -146,11 +146,17 @@ impl Committer {
         if batch.is_empty() {
             return;
         }
-        let deadline = batch.iter().map(|job| job.deadline).min().expect("non-empty");
+        let deadline = batch
+            .iter()
+            .map(|job| job.deadline)
+            .min()
+            .expect("non-empty");
         let (leaders, followers) = fold_duplicate_keys(&batch);
         let started = Instant::now();
         let messages: Vec<&NewMessage> = leaders.iter().map(|&i| &batch[i].message).collect();
-        self.metrics.commit_batch_size.observe(messages.len() as f64);
+        self.metrics
+            .commit_batch_size
+            .observe(messages.len() as f64);
         let result = self.store(&messages, deadline).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -178,7 +184,11 @@ impl Committer {
 
     /// One statement within `deadline`; a connection that times out is
     /// discarded, since it may be stuck on a frozen server.
-    async fn store(&self, messages: &[&NewMessage], deadline: Instant) -> Result<Vec<Stored>, DbError> {
+    async fn store(
+        &self,
+        messages: &[&NewMessage],
+        deadline: Instant,
+    ) -> Result<Vec<Stored>, DbError> {
         let budget = deadline.saturating_duration_since(Instant::now());
         let client = timeout_at(deadline, self.pool.get())
             .await
@@ -192,7 +202,13 @@ impl Committer {
         }
     }
 
-    fn answer(&self, batch: Vec<Job>, leaders: &[usize], followers: &HashMap<usize, usize>, stored: &[Stored]) {
+    fn answer(
+        &self,
+        batch: Vec<Job>,
+        leaders: &[usize],
+        followers: &HashMap<usize, usize>,
+        stored: &[Stored],
+    ) {
         let mut leader_outcome: HashMap<usize, Stored> = HashMap::with_capacity(leaders.len());
         for (&index, &outcome) in leaders.iter().zip(stored) {
             leader_outcome.insert(index, outcome);
@@ -238,9 +254,13 @@ impl Committer {
         };
         if let Err(e) = queue.try_send(job) {
             let job = match e {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
+                }
             };
-            let _ = job.reply.send(Err(CommitError::QueueFull(queue.max_capacity())));
+            let _ = job
+                .reply
+                .send(Err(CommitError::QueueFull(queue.max_capacity())));
         }
     }
 

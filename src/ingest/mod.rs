@@ -52,7 +52,10 @@ impl WritePath {
             Err(_) => "rejected",
         };
         let labels = [&*route.name, outcome];
-        self.metrics.ingest_requests.with_label_values(&labels).inc();
+        self.metrics
+            .ingest_requests
+            .with_label_values(&labels)
+            .inc();
         self.metrics
             .ingest_seconds
             .with_label_values(&labels)
@@ -63,7 +66,13 @@ impl WritePath {
         }
     }
 
-    async fn store(&self, route: &Route, parts: &Parts, rest: &str, body: Body) -> Result<(uuid::Uuid, bool), ApiError> {
+    async fn store(
+        &self,
+        route: &Route,
+        parts: &Parts,
+        rest: &str,
+        body: Body,
+    ) -> Result<(uuid::Uuid, bool), ApiError> {
         let body = request::read_body(&parts.headers, body, self.max_body_bytes).await?;
         let message = request::new_message(route, parts, rest, body)?;
         let id = message.id;
@@ -77,7 +86,9 @@ impl WritePath {
             }),
             Ok(Stored::Retry) => unreachable!("the committer resolves retries"),
             Err(e) => Err(ApiError::Unavailable {
-                detail: format!("{e}; the write was not acknowledged, retry it (with the same Idempotency-Key)"),
+                detail: format!(
+                    "{e}; the write was not acknowledged, retry it (with the same Idempotency-Key)"
+                ),
                 retry_after_s: self.retry_after_s,
             }),
         }
@@ -90,13 +101,23 @@ fn accepted_response(route: &Route, id: uuid::Uuid, replayed: bool) -> Response 
         "route": &*route.name,
         "targets": &*route.targets,
     });
-    let status = if replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let mut response = (status, body.to_string()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     let mut buf = uuid::Uuid::encode_buffer();
     let id_text = id.hyphenated().encode_lower(&mut buf);
-    headers.insert("spool-message-id", HeaderValue::from_str(id_text).expect("uuid is ASCII"));
+    headers.insert(
+        "spool-message-id",
+        HeaderValue::from_str(id_text).expect("uuid is ASCII"),
+    );
     if replayed {
         headers.insert("spool-idempotent-replay", HeaderValue::from_static("true"));
     }

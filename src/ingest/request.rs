@@ -54,14 +54,21 @@ pub fn split_path(path: &str) -> (&str, &str) {
 }
 
 /// Refuses requests with more header fields or bytes than configured (431).
-pub fn check_header_limits(headers: &HeaderMap, max_headers: usize, max_bytes: usize) -> Result<(), ApiError> {
+pub fn check_header_limits(
+    headers: &HeaderMap,
+    max_headers: usize,
+    max_bytes: usize,
+) -> Result<(), ApiError> {
     if headers.len() > max_headers {
         return Err(ApiError::HeadersTooLarge(format!(
             "the request has {} header fields; the limit is {max_headers}",
             headers.len()
         )));
     }
-    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
     if bytes > max_bytes {
         return Err(ApiError::HeadersTooLarge(format!(
             "the request headers take {bytes} bytes; the limit is {max_bytes}"
@@ -83,13 +90,22 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<By
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!("the request body could not be read: {e}"))),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the request body could not be read: {e}"
+        ))),
     }
 }
 
 /// Builds the message to store from a write's parts and body.
-pub fn new_message(route: &Route, parts: &Parts, rest: &str, body: Bytes) -> Result<NewMessage, ApiError> {
+pub fn new_message(
+    route: &Route,
+    parts: &Parts,
+    rest: &str,
+    body: Bytes,
+) -> Result<NewMessage, ApiError> {
     let headers = &parts.headers;
     let idempotency_key = key_header(headers, &IDEMPOTENCY_KEY)?;
     let ordering_key = key_header(headers, &ORDERING_KEY)?;
@@ -147,13 +163,19 @@ fn trace_context(headers: &HeaderMap) -> (Option<String>, Option<String>) {
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_traceparent(v));
-    let state = parent.and(headers.get(&TRACESTATE)).and_then(|v| v.to_str().ok());
+    let state = parent
+        .and(headers.get(&TRACESTATE))
+        .and_then(|v| v.to_str().ok());
     (parent.map(str::to_owned), state.map(str::to_owned))
 }
 
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     parts.len() >= 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -169,11 +191,14 @@ fn is_traceparent(value: &str) -> bool {
 fn stored_headers(route: &Route, headers: &HeaderMap) -> Result<String, ApiError> {
     let mut kept: Vec<[&str; 2]> = Vec::new();
     for (name, value) in headers {
-        if NOT_STORED.contains(name) || !(name == header::CONTENT_TYPE || route.forward_headers.allows(name)) {
+        if NOT_STORED.contains(name)
+            || !(name == header::CONTENT_TYPE || route.forward_headers.allows(name))
+        {
             continue;
         }
-        let value = std::str::from_utf8(value.as_bytes())
-            .map_err(|_| ApiError::BadRequest(format!("header {name} has a value that is not UTF-8")))?;
+        let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+            ApiError::BadRequest(format!("header {name} has a value that is not UTF-8"))
+        })?;
         kept.push([name.as_str(), value]);
     }
     Ok(serde_json::to_string(&kept).expect("strings serialize"))
@@ -182,7 +207,11 @@ fn stored_headers(route: &Route, headers: &HeaderMap) -> Result<String, ApiError
 /// What makes two requests "the same" for an Idempotency-Key.
 fn request_hash(method: &str, path: &str, query: Option<&str>, body: &[u8]) -> [u8; 32] {
     let mut hash = Sha256::new();
-    for part in [method.as_bytes(), path.as_bytes(), query.unwrap_or("").as_bytes()] {
+    for part in [
+        method.as_bytes(),
+        path.as_bytes(),
+        query.unwrap_or("").as_bytes(),
+    ] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part);
     }
@@ -204,14 +233,25 @@ mod tests {
 
     #[test]
     fn traceparent_must_be_well_formed() {
-        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"));
-        assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!is_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ));
+        assert!(!is_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
     }
 
     #[test]
     fn request_hash_separates_fields() {
-        assert_ne!(request_hash("POST", "/a", Some("b"), b""), request_hash("POST", "/ab", None, b""));
+        assert_ne!(
+            request_hash("POST", "/a", Some("b"), b""),
+            request_hash("POST", "/ab", None, b"")
+        );
     }
 }

@@ -76,7 +76,11 @@ impl HeaderAllowList {
     }
 
     pub fn allows(&self, name: &HeaderName) -> bool {
-        self.exact.contains(name) || self.prefixes.iter().any(|p| name.as_str().starts_with(p.as_str()))
+        self.exact.contains(name)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.as_str().starts_with(p.as_str()))
     }
 }
 

@@ -6,7 +6,8 @@ use tokio_postgres::Client;
 use super::sql;
 
 /// (version, name, SQL). Append only: a deployed migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "outbox", include_str!("../../sql/0001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "outbox", include_str!("../../sql/0001_outbox.sql"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -47,7 +48,11 @@ async fn apply_missing(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
         if applied.contains(&version) {
             continue;
         }
-        let fail = |source| MigrateError::Apply { version, name, source };
+        let fail = |source| MigrateError::Apply {
+            version,
+            name,
+            source,
+        };
         let tx = client.transaction().await.map_err(fail)?;
         tx.batch_execute(text).await.map_err(fail)?;
         tx.execute(sql::RECORD_MIGRATION, &[&version, &name])

@@ -26,7 +26,9 @@ pub enum DbError {
 /// Builds the pool for `url`. Connections are opened lazily, so this does not
 /// fail when Postgres is down; the first use does.
 pub fn connect_pool(url: &str, config: &DatabaseConfig) -> Result<Pool, DbError> {
-    let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     pg.connect_timeout(timeout)
         .keepalives(true)

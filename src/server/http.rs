@@ -25,7 +25,13 @@ pub struct ConnectionLimits {
 
 /// Accepts connections until `cancel`, then waits up to `grace` for the
 /// requests in flight to finish.
-pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, cancel: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    cancel: CancellationToken,
+    grace: Duration,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()

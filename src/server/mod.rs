@@ -70,7 +70,8 @@ impl Spool {
         migrate_with_patience(&pool).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let (commit, committers) = GroupCommit::start(pool.clone(), &config.ingest, Arc::clone(&metrics));
+        let (commit, committers) =
+            GroupCommit::start(pool.clone(), &config.ingest, Arc::clone(&metrics));
         let data = Arc::new(DataPort {
             routes: route_table(&config.routes),
             writes: WritePath::new(commit, &config, Arc::clone(&metrics)),
@@ -96,8 +97,20 @@ impl Spool {
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(http::serve(data_listener, data_port::router(data), limits, cancel.clone(), grace));
-        tasks.spawn(http::serve(admin_listener, admin::router(admin), limits, cancel.clone(), grace));
+        tasks.spawn(http::serve(
+            data_listener,
+            data_port::router(data),
+            limits,
+            cancel.clone(),
+            grace,
+        ));
+        tasks.spawn(http::serve(
+            admin_listener,
+            admin::router(admin),
+            limits,
+            cancel.clone(),
+            grace,
+        ));
         tracing::info!(data = %data_addr, admin = %admin_addr, routes = config.routes.len(), "spool listening");
         Ok(Spool {
             data_addr,
@@ -154,7 +167,9 @@ async fn migrate_with_patience(pool: &deadpool_postgres::Pool) -> Result<(), Sta
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, key, source })
 }
 
 /// A name for this spool's heartbeat row: the host (the pod, in Kubernetes),

@@ -24,10 +24,14 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let latency = vec![
-            0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
+            0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0,
+            5.0,
         ];
         let ingest_requests = IntCounterVec::new(
-            Opts::new("spool_ingest_requests_total", "Writes answered, by route and outcome."),
+            Opts::new(
+                "spool_ingest_requests_total",
+                "Writes answered, by route and outcome.",
+            ),
             &["route", "outcome"],
         )
         .expect("valid metric");
@@ -38,8 +42,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let commit_batch_size = Histogram::with_opts(
-            HistogramOpts::new("spool_commit_batch_size", "Writes per group commit.")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            HistogramOpts::new("spool_commit_batch_size", "Writes per group commit.").buckets(
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
         )
         .expect("valid metric");
         let commit_seconds = HistogramVec::new(
@@ -57,7 +64,9 @@ impl Metrics {
             Box::new(commit_seconds.clone()),
             Box::new(commit_queue.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         Metrics {
             registry,

@@ -1,0 +1,117 @@
+//! Test harness: a real throwaway Postgres per test, spool in-process or as
+//! a child process, an HTTP client, and `assert_eventually!`.
+#![allow(dead_code, unused_imports)]
+
+pub mod http;
+pub mod pg;
+pub mod process;
+
+use std::time::Duration;
+
+pub use self::http::{Reply, TestClient};
+pub use self::pg::TestPg;
+pub use self::process::SpoolProcess;
+
+/// One route, `orders`, with two targets that nothing listens on (writes
+/// are only stored in these tests).
+pub const ORDERS_ROUTE: &str = r#"
+[[routes]]
+name = "orders"
+  [[routes.targets]]
+  name = "billing"
+  url = "http://127.0.0.1:9"
+  [[routes.targets]]
+  name = "analytics"
+  url = "http://127.0.0.1:9"
+"#;
+
+/// A spool config for `url`, listening on free loopback ports, plus `extra`.
+pub fn config_text(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[database]
+url = "{}"
+
+[ingest]
+commit_timeout_ms = 1000
+
+[log]
+level = "warn"
+format = "text"
+{ORDERS_ROUTE}
+{extra}
+"#,
+        url.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+/// A started spool on a fresh Postgres, with a client for it.
+pub struct TestEnv {
+    pub pg: TestPg,
+    pub spool: Option<spool::Spool>,
+    pub client: TestClient,
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    pub async fn start_with(extra: &str) -> Self {
+        let pg = TestPg::start().await;
+        let config =
+            spool::config::from_toml(&config_text(&pg.url, extra)).expect("test config is valid");
+        let spool = spool::Spool::start(config).await.expect("spool starts");
+        let client = TestClient::new(spool.data_addr, spool.admin_addr);
+        TestEnv {
+            pg,
+            spool: Some(spool),
+            client,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(spool) = self.spool.take() {
+            spool.shutdown().await;
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that an async condition becomes true within a timeout (10 s by default).
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr) => {
+        $crate::assert_eventually!($cond, std::time::Duration::from_secs(10))
+    };
+    ($cond:expr, $timeout:expr) => {
+        assert!(
+            $crate::support::eventually($timeout, || async { $cond }).await,
+            "condition did not become true within {:?}: {}",
+            $timeout,
+            stringify!($cond)
+        )
+    };
+}
