@@ -1,6 +1,6 @@
 //! The `spool` command: run the sidecar, or check a configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The default file may be absent (everything from defaults and the
     // environment); a file named on the command line must exist.
-    let explicit = cli.config != PathBuf::from("spool.toml");
+    let explicit = cli.config != Path::new("spool.toml");
     let config = match spool::config::load(&cli.config, explicit, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
