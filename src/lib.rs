@@ -3,12 +3,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod breaker;
 pub mod config;
 pub mod data_port;
+pub mod dispatch;
 pub mod embedded_pg;
+pub mod flow;
 pub mod ingest;
 pub mod outbox;
 pub mod problem;
+pub mod retry;
 pub mod server;
 pub mod telemetry;
 

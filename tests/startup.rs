@@ -35,11 +35,14 @@ fn help_explains_every_flag() {
     }
 }
 
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn configuration_errors_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool.toml");
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (file text, environment, what the error must name)
+    let cases: &[Case] = &[
         ("[server]\nlisen = \"127.0.0.1:1\"\n", &[], "server.lisen"),
         ("[ingest]\nbatch_max = \"many\"\n", &[], "ingest.batch_max"),
         (
@@ -90,10 +93,16 @@ async fn two_spools_starting_together_on_an_empty_database_both_come_up() {
     let config = || spool::config::from_toml(&config_text(&pg.url, "")).unwrap();
     let (a, b) = tokio::join!(spool::Spool::start(config()), spool::Spool::start(config()));
     let (a, b) = (a.expect("first spool"), b.expect("second spool"));
+    // Each migration applied once, although both spools raced for them.
     assert_eq!(
         pg.scalar("SELECT count(*) FROM spool_schema_migrations")
             .await,
-        1
+        2
+    );
+    assert_eq!(
+        pg.scalar("SELECT count(DISTINCT version) FROM spool_schema_migrations")
+            .await,
+        2
     );
     a.shutdown().await;
     b.shutdown().await;

@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]
+    pub dispatch: DispatchConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -118,6 +120,32 @@ impl Default for IngestConfig {
 impl IngestConfig {
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_millis(self.commit_timeout_ms)
+    }
+}
+
+/// `[dispatch]`: how deliveries are claimed and their outcomes recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Most deliveries one target's dispatcher claims at once.
+    pub claim_batch: usize,
+    /// The slow poll behind LISTEN/NOTIFY wake-ups.
+    pub poll_interval_ms: u64,
+    /// Added to the route's timeout to make a claim's lease: after it, a
+    /// crashed spool's deliveries are taken over.
+    pub lease_margin_ms: u64,
+    /// Most attempt outcomes written in one transaction.
+    pub record_batch_max: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            claim_batch: 64,
+            poll_interval_ms: 1_000,
+            lease_margin_ms: 10_000,
+            record_batch_max: 512,
+        }
     }
 }
 

@@ -92,6 +92,31 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if ingest.retry_after_s == 0 {
         fail("ingest.retry_after_s".into(), "must be at least 1".into());
     }
+    let dispatch = &config.dispatch;
+    if !(1..=1_000).contains(&dispatch.claim_batch) {
+        fail(
+            "dispatch.claim_batch".into(),
+            "must be between 1 and 1000".into(),
+        );
+    }
+    if dispatch.poll_interval_ms < 10 {
+        fail(
+            "dispatch.poll_interval_ms".into(),
+            "must be at least 10".into(),
+        );
+    }
+    if dispatch.lease_margin_ms < 100 {
+        fail(
+            "dispatch.lease_margin_ms".into(),
+            "must be at least 100".into(),
+        );
+    }
+    if dispatch.record_batch_max == 0 {
+        fail(
+            "dispatch.record_batch_max".into(),
+            "must be at least 1".into(),
+        );
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         fail("log.level".into(), format!("is not a valid filter: {e}"));
     }

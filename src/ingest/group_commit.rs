@@ -7,7 +7,7 @@
 //! commit. Invariant: `Ok(Stored::Accepted)` is sent only for a committed
 //! row; a failed or timed-out batch answers every write with an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::IngestConfig;
+use crate::dispatch::Wakeups;
 use crate::outbox::{DbError, NewMessage, Stored, insert_batch};
 use crate::telemetry::Metrics;
 
@@ -56,7 +57,13 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts `config.committers` committer tasks on `pool`. They stop once
     /// every `GroupCommit` clone is dropped and the queue is drained.
-    pub fn start(pool: Pool, config: &IngestConfig, metrics: Arc<Metrics>) -> (Self, JoinSet<()>) {
+    /// `wakeups` is told which routes got new writes after each commit.
+    pub fn start(
+        pool: Pool,
+        config: &IngestConfig,
+        metrics: Arc<Metrics>,
+        wakeups: Arc<Wakeups>,
+    ) -> (Self, JoinSet<()>) {
         let (queue, receiver) = mpsc::channel(config.queue_capacity);
         let shared = Arc::new(Committer {
             receiver: Mutex::new(receiver),
@@ -66,6 +73,7 @@ impl GroupCommit {
             retention_s: config.idempotency_retention_s as f64,
             healthy: AtomicBool::new(true),
             metrics,
+            wakeups,
         });
         let mut tasks = JoinSet::new();
         for _ in 0..config.committers {
@@ -113,6 +121,7 @@ struct Committer {
     /// Whether the last batch committed, so an outage is logged once.
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
+    wakeups: Arc<Wakeups>,
 }
 
 impl Committer {
@@ -169,7 +178,18 @@ impl Committer {
             .observe(started.elapsed().as_secs_f64());
         self.note_health(&result, batch.len());
         match result {
-            Ok(stored) => self.answer(batch, &leaders, &followers, &stored),
+            Ok(stored) => {
+                let routes: HashSet<&str> = leaders
+                    .iter()
+                    .zip(&stored)
+                    .filter(|(_, outcome)| **outcome == Stored::Accepted)
+                    .map(|(&i, _)| &*batch[i].message.route)
+                    .collect();
+                if !routes.is_empty() {
+                    self.wakeups.committed(routes);
+                }
+                self.answer(batch, &leaders, &followers, &stored)
+            }
             Err(e) => {
                 let error = match e {
                     DbError::Timeout(d) => CommitError::Timeout(d),

@@ -6,8 +6,10 @@ use tokio_postgres::Client;
 use super::sql;
 
 /// (version, name, SQL). Append only: a deployed migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "outbox", include_str!("../../sql/0001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "outbox", include_str!("../../sql/0001_outbox.sql")),
+    (2, "dispatch", include_str!("../../sql/0002_dispatch.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

@@ -1,11 +1,17 @@
 //! The Postgres outbox: the connection pool, the schema and the statements
 //! that turn accepted writes into rows. Nothing above this module writes SQL.
 
+mod dead_letters;
+mod deliveries;
 mod insert;
 mod migrate;
 mod pool;
 pub mod sql;
 
+pub use dead_letters::{
+    DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
+};
+pub use deliveries::{ClaimedDelivery, Fate, OutcomeBatch, claim_due};
 pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use pool::{DbError, connect_pool, heartbeat};

@@ -74,3 +74,126 @@ LEFT JOIN spool_idempotency k
 pub const HEARTBEAT: &str = "
 INSERT INTO spool_heartbeat (owner, beat_at) VALUES ($1, now())
 ON CONFLICT (owner) DO UPDATE SET beat_at = excluded.beat_at";
+
+/// Claims up to $3 due deliveries of one target for owner $4, for $5
+/// seconds, in one statement: `FOR UPDATE SKIP LOCKED` so that spools
+/// sharing the database never claim the same row, and an expired lease
+/// (a crashed spool's) is claimable again. A delivery with an ordering key
+/// is claimable only while no earlier pending delivery of that key and
+/// target exists: one at a time, in acceptance order, and a failing head
+/// holds back its own key only. The attempt count grows at claim time, so
+/// a crash mid-attempt still counts it.
+pub const CLAIM_DUE: &str = "
+WITH due AS (
+    SELECT d.message_id
+    FROM spool_delivery d
+    WHERE d.route = $1 AND d.target = $2 AND d.state = 'pending'
+      AND d.next_attempt_at <= now()
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+      AND (d.ordering_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM spool_delivery h
+            WHERE h.route = d.route AND h.target = d.target
+              AND h.ordering_key = d.ordering_key
+              AND h.state = 'pending' AND h.seq < d.seq))
+    ORDER BY d.next_attempt_at, d.seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE spool_delivery d
+    SET attempts = d.attempts + 1,
+        lease_owner = $4,
+        lease_expires_at = now() + make_interval(secs => $5)
+    FROM due
+    WHERE d.message_id = due.message_id AND d.target = $2
+    RETURNING d.message_id, d.attempts
+)
+SELECT c.message_id, c.attempts, m.method, m.path, m.query, m.headers::text, m.body,
+       m.idempotency_key, m.traceparent, m.tracestate,
+       EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s
+FROM claimed c
+JOIN spool_message m ON m.id = c.message_id";
+
+/// Locks the messages whose deliveries are being completed, in id order,
+/// so that two targets finishing one message at once cannot both miss
+/// that it has no delivery left.
+pub const LOCK_MESSAGES: &str =
+    "SELECT id FROM spool_message WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// Removes delivered rows still leased by owner $3.
+pub const DELETE_DELIVERED: &str = "
+DELETE FROM spool_delivery d
+USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
+
+/// Removes messages none of whose deliveries is left (delivered or deleted).
+pub const DELETE_FINISHED_MESSAGES: &str = "
+DELETE FROM spool_message m
+WHERE m.id = ANY($1)
+  AND NOT EXISTS (SELECT 1 FROM spool_delivery d WHERE d.message_id = m.id)";
+
+/// Schedules the next attempt $4 seconds from now and frees the lease.
+pub const SCHEDULE_RETRY: &str = "
+UPDATE spool_delivery d
+SET next_attempt_at = now() + make_interval(secs => r.delay_s),
+    last_status = r.status, last_error = r.error,
+    lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int2[], $5::text[])
+    AS r (message_id, target, delay_s, status, error)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $6";
+
+/// Turns deliveries into dead letters, keeping the last status and error.
+pub const MARK_DEAD: &str = "
+UPDATE spool_delivery d
+SET state = 'dead', dead_at = now(),
+    last_status = r.status, last_error = r.error,
+    lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[])
+    AS r (message_id, target, status, error)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $5";
+
+/// Frees leases without counting the attempt (shutdown before sending).
+pub const RELEASE: &str = "
+UPDATE spool_delivery d
+SET attempts = d.attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::text[]) AS r (message_id, target)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
+
+/// Dead letters, newest first, filtered by route and target when given,
+/// paged by (dead_at, message_id, target) of the last row seen.
+pub const LIST_DEAD: &str = "
+SELECT d.message_id, d.route, d.target, d.attempts, d.last_status, d.last_error,
+       d.dead_at, m.method, m.path, m.query, m.accepted_at
+FROM spool_delivery d
+JOIN spool_message m ON m.id = d.message_id
+WHERE d.state = 'dead'
+  AND ($1::text IS NULL OR d.route = $1)
+  AND ($2::text IS NULL OR d.target = $2)
+  AND ($3::timestamptz IS NULL OR (d.dead_at, d.message_id, d.target) < ($3, $4, $5))
+ORDER BY d.dead_at DESC, d.message_id DESC, d.target DESC
+LIMIT $6";
+
+/// Puts dead letters back to pending with their attempts reset: all of one
+/// message ($1) or all matching route/target when $1 is null.
+pub const REPLAY_DEAD: &str = "
+UPDATE spool_delivery d
+SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE d.state = 'dead'
+  AND ($1::uuid IS NULL OR d.message_id = $1)
+  AND ($2::text IS NULL OR d.route = $2)
+  AND ($3::text IS NULL OR d.target = $3)
+RETURNING d.route";
+
+/// Deletes the dead letters of one message (one target when $2 is set).
+pub const DELETE_DEAD: &str = "
+DELETE FROM spool_delivery d
+WHERE d.state = 'dead' AND d.message_id = $1 AND ($2::text IS NULL OR d.target = $2)";
+
+/// Forgets Idempotency-Keys past their retention, a bounded number at a time.
+pub const EXPIRE_IDEMPOTENCY_KEYS: &str = "
+DELETE FROM spool_idempotency
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM spool_idempotency
+    WHERE created_at < now() - make_interval(secs => $1)
+    LIMIT $2))";

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminPort};
 use crate::config::Config;
 use crate::data_port::{self, DataPort};
+use crate::dispatch::Dispatcher;
 use crate::embedded_pg::{Durability, EmbeddedError, EmbeddedPostgres};
 use crate::ingest::{GroupCommit, WritePath, route_table};
 use crate::outbox::{self, DbError, MigrateError};
@@ -48,6 +49,7 @@ pub struct Spool {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     committers: JoinSet<()>,
+    dispatcher: Option<Dispatcher>,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -70,8 +72,16 @@ impl Spool {
         migrate_with_patience(&pool).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let (commit, committers) =
-            GroupCommit::start(pool.clone(), &config.ingest, Arc::clone(&metrics));
+        let instance = instance_name();
+        let owner = format!("{instance}/{}", uuid::Uuid::now_v7());
+        let dispatcher =
+            Dispatcher::start(&config, pool.clone(), url, &owner, Arc::clone(&metrics));
+        let (commit, committers) = GroupCommit::start(
+            pool.clone(),
+            &config.ingest,
+            Arc::clone(&metrics),
+            Arc::clone(&dispatcher.wakeups),
+        );
         let data = Arc::new(DataPort {
             routes: route_table(&config.routes),
             writes: WritePath::new(commit, &config, Arc::clone(&metrics)),
@@ -81,7 +91,7 @@ impl Spool {
         let admin = Arc::new(AdminPort {
             pool,
             metrics: Arc::clone(&metrics),
-            instance: instance_name(),
+            instance,
             check_timeout: config.ingest.commit_timeout(),
         });
 
@@ -119,17 +129,31 @@ impl Spool {
             cancel,
             tasks,
             committers,
+            dispatcher: Some(dispatcher),
             embedded,
         })
     }
 
+    /// The live breaker and flow control of one target.
+    pub fn target(&self, route: &str, target: &str) -> Option<crate::dispatch::TargetHandle> {
+        let dispatcher = self.dispatcher.as_ref()?;
+        dispatcher
+            .targets
+            .get(&(route.to_owned(), target.to_owned()))
+            .cloned()
+    }
+
     /// Stops accepting, lets requests in flight finish (their writes are
-    /// committed or refused, never dropped), then stops the embedded Postgres.
+    /// committed or refused, never dropped), lets attempts in flight finish
+    /// and records them, then stops the embedded Postgres.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
         // The routers held the last senders: the committers drain and stop.
         while self.committers.join_next().await.is_some() {}
+        if let Some(dispatcher) = self.dispatcher.take() {
+            dispatcher.shutdown().await;
+        }
         if let Some(pg) = self.embedded.take() {
             match pg.stop("fast").await {
                 Ok(()) => tracing::info!(dir = %pg.dir().display(), "embedded Postgres stopped"),

@@ -2,7 +2,8 @@
 //! outcome only: nothing a client sends becomes a label.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric spool exports, registered in one registry.
@@ -18,6 +19,16 @@ pub struct Metrics {
     pub commit_seconds: HistogramVec,
     /// Writes waiting for a committer.
     pub commit_queue: IntGauge,
+    /// Attempt outcomes, by route, target and outcome (delivered, retry, dead).
+    pub deliveries: IntCounterVec,
+    /// Time of one attempt, by route and target.
+    pub attempt_seconds: HistogramVec,
+    /// From acceptance to delivery, by route and target.
+    pub delivery_lag_seconds: HistogramVec,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// Configured sends per second (0: stopped).
+    pub rate_limit: GaugeVec,
 }
 
 impl Metrics {
@@ -57,8 +68,58 @@ impl Metrics {
         .expect("valid metric");
         let commit_queue = IntGauge::new("spool_commit_queue", "Writes waiting for a committer.")
             .expect("valid metric");
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "spool_deliveries_total",
+                "Attempt outcomes: delivered, retry, dead.",
+            ),
+            &["route", "target", "outcome"],
+        )
+        .expect("valid metric");
+        let attempt_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "spool_delivery_attempt_duration_seconds",
+                "Time of one attempt.",
+            )
+            .buckets(latency_buckets()),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let delivery_lag_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "spool_delivery_lag_seconds",
+                "Time from a write's acceptance to its delivery.",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                3600.0,
+            ]),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "spool_breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let rate_limit = GaugeVec::new(
+            Opts::new(
+                "spool_rate_limit",
+                "Sends per second allowed to a target (0: stopped).",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(ingest_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(attempt_seconds.clone()),
+            Box::new(delivery_lag_seconds.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(rate_limit.clone()),
+            Box::new(ingest_requests.clone()),
             Box::new(ingest_seconds.clone()),
             Box::new(commit_batch_size.clone()),
             Box::new(commit_seconds.clone()),
@@ -75,6 +136,11 @@ impl Metrics {
             commit_batch_size,
             commit_seconds,
             commit_queue,
+            deliveries,
+            attempt_seconds,
+            delivery_lag_seconds,
+            breaker_state,
+            rate_limit,
         }
     }
 
@@ -84,6 +150,13 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// Half a millisecond to five seconds, doubling.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
+    ]
 }
 
 impl Default for Metrics {

@@ -5,12 +5,14 @@
 pub mod http;
 pub mod pg;
 pub mod process;
+pub mod target;
 
 use std::time::Duration;
 
 pub use self::http::{Reply, TestClient};
 pub use self::pg::TestPg;
 pub use self::process::SpoolProcess;
+pub use self::target::{Answer, FakeTarget, Received};
 
 /// One route, `orders`, with two targets that nothing listens on (writes
 /// are only stored in these tests).
@@ -25,8 +27,15 @@ name = "orders"
   url = "http://127.0.0.1:9"
 "#;
 
-/// A spool config for `url`, listening on free loopback ports, plus `extra`.
+/// A spool config for `url`, listening on free loopback ports, with the
+/// `orders` route, plus `extra`.
 pub fn config_text(url: &str, extra: &str) -> String {
+    base_config(url, &format!("{ORDERS_ROUTE}\n{extra}"))
+}
+
+/// A spool config for `url`, listening on free loopback ports, with only
+/// the routes (and other sections) in `rest`.
+pub fn base_config(url: &str, rest: &str) -> String {
     format!(
         r#"
 [server]
@@ -40,11 +49,14 @@ url = "{}"
 [ingest]
 commit_timeout_ms = 1000
 
+[dispatch]
+poll_interval_ms = 200
+lease_margin_ms = 1000
+
 [log]
 level = "warn"
 format = "text"
-{ORDERS_ROUTE}
-{extra}
+{rest}
 "#,
         url.replace('\\', "\\\\").replace('"', "\\\"")
     )
@@ -63,9 +75,17 @@ impl TestEnv {
     }
 
     pub async fn start_with(extra: &str) -> Self {
+        Self::start_config(|url| config_text(url, extra)).await
+    }
+
+    /// A spool whose whole config is `base_config(url, rest)`.
+    pub async fn start_routes(rest: &str) -> Self {
+        Self::start_config(|url| base_config(url, rest)).await
+    }
+
+    async fn start_config(text: impl FnOnce(&str) -> String) -> Self {
         let pg = TestPg::start().await;
-        let config =
-            spool::config::from_toml(&config_text(&pg.url, extra)).expect("test config is valid");
+        let config = spool::config::from_toml(&text(&pg.url)).expect("test config is valid");
         let spool = spool::Spool::start(config).await.expect("spool starts");
         let client = TestClient::new(spool.data_addr, spool.admin_addr);
         TestEnv {
@@ -114,4 +134,18 @@ macro_rules! assert_eventually {
             stringify!($cond)
         )
     };
+}
+
+/// A `[[routes]]` table named `name` sending to `targets`, with `extra`
+/// lines (retry, breaker, rate tables) appended.
+pub fn route(name: &str, targets: &[(&str, &FakeTarget)], extra: &str) -> String {
+    let mut text = format!("\n[[routes]]\nname = \"{name}\"\ntimeout_ms = 1000\n");
+    for (target, fake) in targets {
+        text.push_str(&format!(
+            "  [[routes.targets]]\n  name = \"{target}\"\n  url = \"{}\"\n",
+            fake.url()
+        ));
+    }
+    text.push_str(extra);
+    text
 }

@@ -1,0 +1,159 @@
+//! Forwarding: every acknowledged write reaches every target of its route.
+//!
+//! One dispatcher task per (route, target) claims due deliveries under a
+//! lease and sends them; a recorder writes the outcomes back; LISTEN/NOTIFY
+//! and a slow poll wake the dispatchers. Each target has its own breaker
+//! and flow control, so a dead target never delays another.
+
+mod attempt;
+mod forward;
+mod recorder;
+mod wakeup;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use forward::{AttemptResult, Forwarder};
+pub use wakeup::Wakeups;
+
+use crate::breaker::Breaker;
+use crate::config::Config;
+use crate::flow::FlowControl;
+use crate::retry::RetryPolicy;
+use crate::telemetry::Metrics;
+
+/// A target's live controls, for the read path and the admin API.
+#[derive(Clone)]
+pub struct TargetHandle {
+    pub breaker: Arc<Breaker>,
+    pub flow: Arc<FlowControl>,
+}
+
+/// The running forwarder.
+pub struct Dispatcher {
+    /// By (route, target).
+    pub targets: HashMap<(String, String), TargetHandle>,
+    pub wakeups: Arc<Wakeups>,
+    workers: JoinSet<()>,
+    background: JoinSet<()>,
+    recorder: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Starts a dispatcher for every target of every route, the recorder,
+    /// the LISTEN connection (on `url`) and the NOTIFY announcer.
+    pub fn start(
+        config: &Config,
+        pool: Pool,
+        url: String,
+        owner: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        let dispatch = &config.dispatch;
+        let mut wakeups = Wakeups::default();
+        let mut targets = Vec::new();
+        for route in &config.routes {
+            for target in &route.targets {
+                let timeout = Duration::from_millis(route.timeout_ms);
+                let name = format!("{}/{}", route.name, target.name);
+                let labels = [route.name.as_str(), target.name.as_str()];
+                metrics.breaker_state.with_label_values(&labels).set(0);
+                metrics
+                    .rate_limit
+                    .with_label_values(&labels)
+                    .set(route.rate.per_second);
+                targets.push(Arc::new(worker::Target {
+                    route: route.name.as_str().into(),
+                    name: target.name.as_str().into(),
+                    forwarder: Forwarder::new(&target.url, timeout, route.rate.concurrency),
+                    policy: RetryPolicy::from_config(&route.retry),
+                    breaker: Arc::new(Breaker::new(
+                        name,
+                        route.breaker.failure_threshold,
+                        Duration::from_millis(route.breaker.open_ms),
+                    )),
+                    flow: Arc::new(FlowControl::new(
+                        route.rate.per_second,
+                        route.rate.burst,
+                        route.rate.concurrency,
+                    )),
+                    wake: wakeups.register(&route.name),
+                    next_due: Mutex::new(None),
+                    metrics: Arc::clone(&metrics),
+                }));
+            }
+        }
+        let wakeups = Arc::new(wakeups);
+        let owner: Arc<str> = owner.into();
+        let (records, receiver) = mpsc::channel(dispatch.record_batch_max * 4);
+        let recorder = tokio::spawn(recorder::run(
+            receiver,
+            pool.clone(),
+            Arc::clone(&owner),
+            dispatch.record_batch_max,
+            cancel.clone(),
+        ));
+        let max_timeout = config
+            .routes
+            .iter()
+            .map(|r| r.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let settings = worker::DispatchSettings {
+            pool: pool.clone(),
+            owner,
+            // Long enough for the slowest attempt and its recording; after
+            // it, another spool may take the delivery over.
+            lease: Duration::from_millis(max_timeout + dispatch.lease_margin_ms),
+            claim_batch: dispatch.claim_batch,
+            poll: Duration::from_millis(dispatch.poll_interval_ms),
+            records,
+            cancel: cancel.clone(),
+        };
+        let mut workers = JoinSet::new();
+        let handles = targets
+            .iter()
+            .map(|t| {
+                let handle = TargetHandle {
+                    breaker: Arc::clone(&t.breaker),
+                    flow: Arc::clone(&t.flow),
+                };
+                ((t.route.to_string(), t.name.to_string()), handle)
+            })
+            .collect();
+        for target in targets {
+            workers.spawn(worker::run(target, settings.clone()));
+        }
+        drop(settings);
+        let mut background = JoinSet::new();
+        background.spawn(wakeup::listen(Arc::clone(&wakeups), url, cancel.clone()));
+        background.spawn(wakeup::announce(Arc::clone(&wakeups), pool, cancel.clone()));
+        Dispatcher {
+            targets: handles,
+            wakeups,
+            workers,
+            background,
+            recorder,
+            cancel,
+        }
+    }
+
+    /// Stops claiming, lets attempts in flight finish, records their
+    /// outcomes, then stops.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.workers.join_next().await.is_some() {}
+        // The workers held the last record senders: the recorder drains.
+        let _ = self.recorder.await;
+        while self.background.join_next().await.is_some() {}
+    }
+}
