@@ -57,7 +57,10 @@ impl TestPg {
     /// SIGSTOP to the postmaster and every backend: connections are
     /// accepted by the kernel but nothing answers.
     pub fn freeze(&self) {
-        signal_cluster(&self.processes(), "STOP");
+        // The postmaster first, so that no backend is forked after the scan.
+        let postmaster = self.pg.postmaster_pid().expect("postmaster running");
+        signal_cluster(&[postmaster], "STOP");
+        signal_cluster(&children_of(postmaster), "STOP");
     }
 
     pub fn thaw(&self) {
