@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod embedded_pg;
 pub mod flow;
 pub mod ingest;
+pub mod janitor;
 pub mod outbox;
 pub mod problem;
 pub mod retry;

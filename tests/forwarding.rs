@@ -419,3 +419,42 @@ async fn dead_letters_page_by_filter_and_can_be_deleted() {
     assert_eq!(gone, 0);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_zero_stops_sending_until_changed_at_run_time() {
+    let target = FakeTarget::healthy().await;
+    let extra = "  [routes.rate]\n  per_second = 0\n  concurrency = 4\n";
+    let env = TestEnv::start_routes(&route("orders", &[("t", &target)], extra)).await;
+    for i in 0..20 {
+        assert_eq!(
+            env.client.post("/orders/x", format!("{i}")).await.status,
+            202
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(target.received().is_empty(), "sent while the rate was 0");
+
+    let flow = env
+        .spool
+        .as_ref()
+        .unwrap()
+        .target("orders", "t")
+        .unwrap()
+        .flow;
+    flow.set_rate(10.0, Some(1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = target.received().len();
+    assert!(
+        (2..=9).contains(&early),
+        "{early} sent in 0.5 s at 10/s with burst 1"
+    );
+    flow.set_paused(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paused_at = target.received().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(target.received().len(), paused_at, "sent while paused");
+    flow.set_paused(false);
+    flow.set_rate(1000.0, None);
+    assert_eventually!(target.received().len() == 20);
+    env.stop().await;
+}

@@ -257,3 +257,32 @@ name = "refunds"
     assert_ne!(later.id(), orders.id());
     env.stop().await;
 }
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_swept() {
+    let env = TestEnv::start().await;
+    for key in ["old-1", "old-2", "fresh"] {
+        env.client
+            .send(Method::POST, "/orders/x", &[("idempotency-key", key)], key)
+            .await;
+    }
+    let db = env.pg.client().await;
+    db.execute(
+        "UPDATE spool_idempotency SET created_at = now() - interval '2 days' WHERE key LIKE 'old-%'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let pool = spool::outbox::connect_pool(&env.pg.url, &Default::default()).unwrap();
+    let deleted = spool::janitor::sweep(&pool, std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(
+        env.pg
+            .scalar("SELECT count(*) FROM spool_idempotency")
+            .await,
+        1
+    );
+    env.stop().await;
+}

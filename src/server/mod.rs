@@ -107,6 +107,12 @@ impl Spool {
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        tasks.spawn(crate::janitor::run(
+            admin.pool.clone(),
+            Duration::from_secs(config.ingest.idempotency_retention_s),
+            Duration::from_secs(60),
+            cancel.clone(),
+        ));
         tasks.spawn(http::serve(
             data_listener,
             data_port::router(data),
