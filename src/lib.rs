@@ -16,5 +16,6 @@ pub mod problem;
 pub mod retry;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;
 
 pub use server::Spool;

@@ -6,31 +6,21 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Uri};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::outbox::ClaimedDelivery;
 use crate::retry::parse_retry_after;
+use crate::upstream::{self, BaseUrl, UpstreamClient, error_chain};
 
 /// How much of an error answer's body is kept as `last_error`.
 const ERROR_SNIPPET_BYTES: usize = 512;
 /// Most of an answer's body read (so the connection can be reused).
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
 
-/// Headers never forwarded from the stored request (hop-by-hop, or set by
-/// spool itself).
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers never forwarded from the stored request, besides hop-by-hop
+/// ones: set by the client or by spool itself.
+const SET_HERE: &[&str] = &[
     "host",
     "content-length",
     "idempotency-key",
@@ -58,39 +48,18 @@ pub enum AttemptResult {
 
 /// One target's client: base URL, connection pool, timeout.
 pub struct Forwarder {
-    scheme: String,
-    authority: String,
-    /// The target URL's path, without a trailing slash: `/api` in
-    /// `http://host/api`, empty in `http://host`.
-    base_path: String,
+    base: BaseUrl,
     timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: UpstreamClient,
 }
 
 impl Forwarder {
     /// `url` was validated at load (http or https, a host, no query).
     pub fn new(url: &str, timeout: Duration, max_idle: usize) -> Self {
-        let uri: Uri = url.parse().expect("target url validated at load");
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(tls);
         Forwarder {
-            scheme: uri.scheme_str().unwrap_or("http").to_owned(),
-            authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
-            base_path: uri.path().trim_end_matches('/').to_owned(),
+            base: BaseUrl::parse(url),
             timeout,
-            client,
+            client: upstream::client(max_idle, timeout),
         }
     }
 
@@ -142,16 +111,9 @@ impl Forwarder {
     }
 
     fn request(&self, delivery: &ClaimedDelivery) -> Result<Request<Full<Bytes>>, String> {
-        let mut path_and_query = format!("{}{}", self.base_path, delivery.path);
-        if let Some(query) = &delivery.query {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
-        }
-        let uri = Uri::builder()
-            .scheme(self.scheme.as_str())
-            .authority(self.authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
+        let uri = self
+            .base
+            .join(&delivery.path, delivery.query.as_deref())
             .map_err(|e| format!("stored path cannot be forwarded: {e}"))?;
         let method = Method::from_bytes(delivery.method.as_bytes())
             .map_err(|e| format!("stored method: {e}"))?;
@@ -166,7 +128,8 @@ impl Forwarder {
         let stored: Vec<(String, String)> = serde_json::from_str(&delivery.headers_json)
             .map_err(|e| format!("stored headers: {e}"))?;
         for (name, value) in &stored {
-            if NOT_FORWARDED.contains(&name.to_ascii_lowercase().as_str()) {
+            let lower = name.to_ascii_lowercase();
+            if SET_HERE.contains(&lower.as_str()) || upstream::is_hop_by_hop(&lower, None) {
                 continue;
             }
             if let (Ok(name), Ok(value)) = (
@@ -207,17 +170,4 @@ fn hyphenated(id: uuid::Uuid) -> HeaderValue {
 fn new_traceparent(message_id: uuid::Uuid) -> HeaderValue {
     let value = format!("00-{}-{:016x}-00", message_id.simple(), fastrand::u64(1..));
     HeaderValue::from_str(&value).expect("hex is ASCII")
-}
-
-/// "error: cause: cause", so that "connection refused" is not hidden
-/// behind hyper's "client error (Connect)".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
