@@ -10,11 +10,13 @@ use http::Method;
 
 use crate::ingest::{RouteTable, WritePath, check_header_limits, split_path};
 use crate::problem::ApiError;
+use crate::read::ReadPath;
 
 /// Shared state of the data port.
 pub struct DataPort {
     pub routes: RouteTable,
     pub writes: WritePath,
+    pub reads: ReadPath,
     pub max_headers: usize,
     pub max_header_bytes: usize,
 }
@@ -45,9 +47,8 @@ async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiErro
         return Ok(port.writes.accept(route, parts, &rest, body).await);
     }
     if parts.method == Method::GET || parts.method == Method::HEAD {
-        return Err(ApiError::NotImplemented(
-            "reads through spool are not available in this version".into(),
-        ));
+        let (name, rest) = (name.to_owned(), rest.to_owned());
+        return Ok(port.reads.handle(&name, parts, &rest).await);
     }
     Err(ApiError::MethodNotAllowed {
         route: route.name.to_string(),

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod janitor;
 pub mod outbox;
 pub mod problem;
+pub mod read;
 pub mod retry;
 pub mod server;
 pub mod telemetry;

@@ -28,10 +28,12 @@ pub enum ApiError {
     IdempotencyConflict { key: String, id: Uuid },
     #[error("{detail}")]
     Unavailable { detail: String, retry_after_s: u64 },
-    #[error("{0}")]
-    NotImplemented(String),
     #[error("a valid bearer token is required for this call")]
     Unauthorized,
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
 }
 
 impl ApiError {
@@ -44,8 +46,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -59,8 +62,9 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::IdempotencyConflict { .. } => "idempotency-key-reused",
             ApiError::Unavailable { .. } => "outbox-unavailable",
-            ApiError::NotImplemented(_) => "not-implemented",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::UpstreamUnavailable(_) => "upstream-unavailable",
+            ApiError::UpstreamTimeout(_) => "upstream-timeout",
         }
     }
 }

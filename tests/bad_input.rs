@@ -125,13 +125,3 @@ async fn malformed_keys_are_400() {
     assert_eq!(rows(&env).await, (0, 0));
     env.stop().await;
 }
-
-#[tokio::test]
-async fn reads_are_refused_until_the_read_path_exists() {
-    let env = TestEnv::start().await;
-    env.client
-        .send(Method::GET, "/orders/x", &[], "")
-        .await
-        .assert_problem(501);
-    env.stop().await;
-}

@@ -97,12 +97,12 @@ async fn two_spools_starting_together_on_an_empty_database_both_come_up() {
     assert_eq!(
         pg.scalar("SELECT count(*) FROM spool_schema_migrations")
             .await,
-        2
+        3
     );
     assert_eq!(
         pg.scalar("SELECT count(DISTINCT version) FROM spool_schema_migrations")
             .await,
-        2
+        3
     );
     a.shutdown().await;
     b.shutdown().await;

@@ -274,9 +274,13 @@ async fn expired_idempotency_keys_are_swept() {
     .await
     .unwrap();
     let pool = spool::outbox::connect_pool(&env.pg.url, &Default::default()).unwrap();
-    let deleted = spool::janitor::sweep(&pool, std::time::Duration::from_secs(86_400))
-        .await
-        .unwrap();
+    let deleted = spool::janitor::sweep(
+        &pool,
+        spool::outbox::sql::EXPIRE_IDEMPOTENCY_KEYS,
+        std::time::Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert_eq!(deleted, 2);
     assert_eq!(
         env.pg

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub dispatch: DispatchConfig,
     #[serde(default)]
+    pub read_cache: ReadCacheConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -151,6 +153,31 @@ impl Default for DispatchConfig {
     }
 }
 
+/// `[read_cache]`: the last good answers kept for reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadCacheConfig {
+    /// Memory for kept answers, in bytes (bodies and headers).
+    pub max_bytes: u64,
+    /// Most kept answers in memory.
+    pub max_entries: u64,
+    /// Answers with larger bodies are streamed through and not kept.
+    pub max_entry_bytes: usize,
+    /// Copy kept answers to Postgres, so a restarted spool still has them.
+    pub persist: bool,
+}
+
+impl Default for ReadCacheConfig {
+    fn default() -> Self {
+        ReadCacheConfig {
+            max_bytes: 64 * 1024 * 1024,
+            max_entries: 10_000,
+            max_entry_bytes: 1024 * 1024,
+            persist: true,
+        }
+    }
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +228,8 @@ pub struct RouteConfig {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub rate: RateConfig,
+    #[serde(default)]
+    pub read: ReadConfig,
 }
 
 fn default_write_methods() -> Vec<String> {
@@ -233,6 +262,25 @@ fn default_forward_headers() -> Vec<String> {
 pub struct TargetConfig {
     pub name: String,
     pub url: String,
+}
+
+/// `[routes.read]`: serving kept answers when the read target fails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// Oldest kept answer served in place of a failed upstream.
+    pub max_stale_s: u64,
+    /// Whether a 5xx from the upstream is a failure to fall back from.
+    pub stale_on_5xx: bool,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            max_stale_s: 24 * 3600,
+            stale_on_5xx: true,
+        }
+    }
 }
 
 /// `[routes.retry]`: backoff between attempts and when to give up.

@@ -117,6 +117,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         );
     }
+    let cache = &config.read_cache;
+    if cache.max_entries == 0 {
+        fail("read_cache.max_entries".into(), "must be at least 1".into());
+    }
+    if cache.max_bytes < cache.max_entry_bytes as u64 {
+        fail(
+            "read_cache.max_bytes".into(),
+            "must be at least read_cache.max_entry_bytes".into(),
+        );
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         fail("log.level".into(), format!("is not a valid filter: {e}"));
     }

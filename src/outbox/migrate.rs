@@ -9,6 +9,11 @@ use super::sql;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "outbox", include_str!("../../sql/0001_outbox.sql")),
     (2, "dispatch", include_str!("../../sql/0002_dispatch.sql")),
+    (
+        3,
+        "read_cache",
+        include_str!("../../sql/0003_read_cache.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -197,3 +197,11 @@ WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM spool_idempotency
     WHERE created_at < now() - make_interval(secs => $1)
     LIMIT $2))";
+
+/// Forgets kept read answers older than any route may serve them.
+pub const EXPIRE_READ_CACHE: &str = "
+DELETE FROM spool_read_cache
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM spool_read_cache
+    WHERE stored_at < now() - make_interval(secs => $1)
+    LIMIT $2))";

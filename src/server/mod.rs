@@ -18,6 +18,7 @@ use crate::dispatch::Dispatcher;
 use crate::embedded_pg::{Durability, EmbeddedError, EmbeddedPostgres};
 use crate::ingest::{GroupCommit, WritePath, route_table};
 use crate::outbox::{self, DbError, MigrateError};
+use crate::read::ReadPath;
 use crate::telemetry::Metrics;
 
 pub use self::http::ConnectionLimits;
@@ -82,9 +83,20 @@ impl Spool {
             Arc::clone(&metrics),
             Arc::clone(&dispatcher.wakeups),
         );
+        let breakers = |route: &str, target: &str| {
+            let key = (route.to_owned(), target.to_owned());
+            dispatcher.targets.get(&key).map(|t| Arc::clone(&t.breaker))
+        };
+        let (reads, persist) =
+            ReadPath::new(&config, Some(pool.clone()), breakers, Arc::clone(&metrics));
+        if let Some(persist) = persist {
+            // Ends when the data port (the last holder of its queue) is gone.
+            tokio::spawn(persist.run());
+        }
         let data = Arc::new(DataPort {
             routes: route_table(&config.routes),
             writes: WritePath::new(commit, &config, Arc::clone(&metrics)),
+            reads,
             max_headers: config.server.max_headers,
             max_header_bytes: config.server.max_header_bytes,
         });
@@ -107,9 +119,20 @@ impl Spool {
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let retention = crate::janitor::Retention {
+            idempotency_keys: Duration::from_secs(config.ingest.idempotency_retention_s),
+            read_cache: Duration::from_secs(
+                config
+                    .routes
+                    .iter()
+                    .map(|r| r.read.max_stale_s)
+                    .max()
+                    .unwrap_or(0),
+            ),
+        };
         tasks.spawn(crate::janitor::run(
             admin.pool.clone(),
-            Duration::from_secs(config.ingest.idempotency_retention_s),
+            retention,
             Duration::from_secs(60),
             cancel.clone(),
         ));

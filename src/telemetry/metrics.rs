@@ -29,6 +29,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Configured sends per second (0: stopped).
     pub rate_limit: GaugeVec,
+    /// Reads answered, by route and result (fresh, stale, miss).
+    pub reads: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,8 +115,17 @@ impl Metrics {
             &["route", "target"],
         )
         .expect("valid metric");
+        let reads = IntCounterVec::new(
+            Opts::new(
+                "spool_reads_total",
+                "Reads answered: fresh, stale (kept copy) or miss.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deliveries.clone()),
             Box::new(attempt_seconds.clone()),
             Box::new(delivery_lag_seconds.clone()),
             Box::new(breaker_state.clone()),
@@ -141,6 +152,7 @@ impl Metrics {
             delivery_lag_seconds,
             breaker_state,
             rate_limit,
+            reads,
         }
     }
 

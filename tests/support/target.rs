@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -51,6 +52,11 @@ pub enum Answer {
     Hang,
     /// Closes the connection without an answer.
     Reset,
+    /// A status with these headers and body.
+    Full(u16, Vec<(&'static str, String)>, Bytes),
+    /// 200 with the first chunk at once and the rest after `gate` is
+    /// notified: shows whether a proxy streams.
+    Streamed(Vec<Bytes>, Arc<tokio::sync::Notify>),
 }
 
 type Rule = dyn Fn(&Received, &[Received]) -> Answer + Send + Sync;
@@ -145,7 +151,7 @@ impl FakeTarget {
     async fn answer(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    ) -> Result<Response<BoxBody<Bytes, std::io::Error>>, std::io::Error> {
         let (parts, body) = request.into_parts();
         let body = body
             .collect()
@@ -173,10 +179,41 @@ impl FakeTarget {
         let status = match answer {
             Answer::Status(status) => status,
             Answer::RetryAfter(status, seconds) => {
-                let mut response = Response::new(Full::new(Bytes::from_static(b"slow down")));
+                let mut response = Response::new(full(Bytes::from_static(b"slow down")));
                 *response.status_mut() = StatusCode::from_u16(status).unwrap();
                 response.headers_mut().insert("retry-after", seconds.into());
                 return Ok(response);
+            }
+            Answer::Full(status, headers, body) => {
+                let mut response = Response::new(full(body));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value.parse().unwrap());
+                }
+                return Ok(response);
+            }
+            Answer::Streamed(chunks, gate) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel::<
+                    Result<hyper::body::Frame<Bytes>, std::io::Error>,
+                >(4);
+                tokio::spawn(async move {
+                    let mut chunks = chunks.into_iter();
+                    if let Some(first) = chunks.next() {
+                        let _ = sender.send(Ok(hyper::body::Frame::data(first))).await;
+                    }
+                    gate.notified().await;
+                    for chunk in chunks {
+                        if sender
+                            .send(Ok(hyper::body::Frame::data(chunk)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let stream = tokio_stream_from(receiver);
+                return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
             }
             Answer::Slow(delay, status) => {
                 tokio::time::sleep(delay).await;
@@ -189,8 +226,19 @@ impl FakeTarget {
             // An error from the service makes hyper drop the connection.
             Answer::Reset => return Err(std::io::Error::other("reset")),
         };
-        let mut response = Response::new(Full::new(Bytes::from(format!("status {status}"))));
+        let mut response = Response::new(full(Bytes::from(format!("status {status}"))));
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         Ok(response)
     }
+}
+
+fn full(body: Bytes) -> BoxBody<Bytes, std::io::Error> {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
