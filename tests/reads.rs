@@ -347,3 +347,36 @@ async fn an_open_breaker_sends_reads_to_the_kept_copy_without_asking() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_reads_of_different_variants_each_get_their_own() {
+    let upstream = FakeTarget::start(|r, _| {
+        let lang = r.header("accept-language").unwrap_or("none").to_owned();
+        // Slow, so the two first reads overlap (a rule cannot await; the
+        // short block of one runtime thread only slows the test down).
+        std::thread::sleep(Duration::from_millis(200));
+        ok(&format!("hello in {lang}"), &[("vary", "Accept-Language")])
+    })
+    .await;
+    let env = env_for(&upstream, "").await;
+    let mut readers = tokio::task::JoinSet::new();
+    for lang in ["en", "fr", "en", "fr"] {
+        let client = env.client.clone();
+        readers.spawn(async move {
+            let reply = client
+                .send(
+                    Method::GET,
+                    "/catalog/greeting",
+                    &[("accept-language", lang)],
+                    "",
+                )
+                .await;
+            (lang, reply)
+        });
+    }
+    while let Some(done) = readers.join_next().await {
+        let (lang, reply) = done.unwrap();
+        assert_eq!(reply.body, format!("hello in {lang}"));
+    }
+    env.stop().await;
+}

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::store::KeptAnswer;
-
 /// What the leader's request came to, as the followers need it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// A good answer, kept: serve it.
-    Kept(Arc<KeptAnswer>),
+    /// A good answer, now in the store: serve it from there.
+    Kept,
     /// An answer that was not kept (too big, no-store...): ask yourself.
     NotKept,
     /// The upstream failed: fall back without asking again.

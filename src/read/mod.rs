@@ -128,7 +128,14 @@ impl ReadPath {
             match self.flights.join(flight_key) {
                 Role::Leader(l) => leader = Some(l),
                 Role::Follower(slot) => match flight::follow(slot, route.timeout * 2).await {
-                    Outcome::Kept(kept) => return answer::fresh_from_kept(&kept, head),
+                    // The leader's answer is kept now; it fits this request
+                    // unless it varies on a header this request sends
+                    // differently (unknowable before the first answer).
+                    Outcome::Kept => {
+                        if let Some(kept) = self.store.get(&route.name, key, &parts.headers) {
+                            return answer::fresh_from_kept(&kept, head);
+                        }
+                    }
                     Outcome::Failed(failure) => {
                         return self.fallback(route, key, parts, failure).await;
                     }
@@ -195,13 +202,16 @@ impl ReadPath {
         let store = self.store_handle(route, key, &parts.headers);
         let on_done: tee::OnDone = Box::new(move |copy: Option<Bytes>| {
             let outcome = match copy {
-                Some(body) => Outcome::Kept(store.keep(KeptAnswer {
-                    status: status.as_u16(),
-                    headers: kept_headers,
-                    body,
-                    stored_at: SystemTime::now(),
-                    upstream_age,
-                })),
+                Some(body) => {
+                    store.keep(KeptAnswer {
+                        status: status.as_u16(),
+                        headers: kept_headers,
+                        body,
+                        stored_at: SystemTime::now(),
+                        upstream_age,
+                    });
+                    Outcome::Kept
+                }
                 None => Outcome::NotKept,
             };
             finish(outcome);
@@ -275,9 +285,9 @@ struct StoreHandle {
 }
 
 impl StoreHandle {
-    fn keep(self, answer: KeptAnswer) -> Arc<KeptAnswer> {
+    fn keep(self, answer: KeptAnswer) {
         self.store
-            .keep(&self.route, &self.key, &self.request, answer)
+            .keep(&self.route, &self.key, &self.request, answer);
     }
 }
 

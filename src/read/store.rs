@@ -160,13 +160,7 @@ impl KeptStore {
     }
 
     /// Keeps `answer` for requests like `request`, and queues it for Postgres.
-    pub fn keep(
-        &self,
-        route: &Arc<str>,
-        key: &str,
-        request: &HeaderMap,
-        answer: KeptAnswer,
-    ) -> Arc<KeptAnswer> {
+    pub fn keep(&self, route: &Arc<str>, key: &str, request: &HeaderMap, answer: KeptAnswer) {
         let names = vary_names(&answer.headers);
         let values = values_of(&names, request);
         let answer = Arc::new(answer);
@@ -194,7 +188,7 @@ impl KeptStore {
                     < PERSIST_INTERVAL
         });
         if unchanged {
-            return Arc::clone(&variants.entries[previous.expect("found")].1);
+            return;
         }
         match previous {
             Some(i) => variants.entries[i] = (values.clone(), Arc::clone(&answer)),
@@ -213,10 +207,9 @@ impl KeptStore {
                 route: Arc::clone(route),
                 key: key.to_owned(),
                 variant: variant_text(&names, &values),
-                answer: Arc::clone(&answer),
+                answer,
             });
         }
-        answer
     }
 
     /// On a fallback that memory cannot serve: the variants kept in
