@@ -458,3 +458,19 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
     assert_eventually!(target.received().len() == 20);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed() {
+    let elsewhere = FakeTarget::healthy().await;
+    let location = format!("{}/moved", elsewhere.url());
+    let target = FakeTarget::start(move |_, _| {
+        Answer::Full(302, vec![("location", location.clone())], "".into())
+    })
+    .await;
+    let env = TestEnv::start_routes(&route("orders", &[("t", &target)], FAST_RETRY)).await;
+    env.client.post("/orders/x", "x").await;
+    let dead_sql = "SELECT count(*) FROM spool_delivery WHERE state = 'dead' AND last_status = 302";
+    assert_eventually!(db_count(&env, dead_sql).await == 1);
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+    env.stop().await;
+}
