@@ -90,7 +90,13 @@ fn from_kept(kept: &KeptAnswer, head: bool) -> Response {
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
-    *response.headers_mut() = kept.headers.clone();
+    // Room for the headers spool adds, so that adding them does not regrow
+    // a copy that is exactly full.
+    let headers = response.headers_mut();
+    headers.reserve(kept.headers.len() + 4);
+    for (name, value) in &kept.headers {
+        headers.append(name, value.clone());
+    }
     response
 }
 

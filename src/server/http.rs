@@ -37,7 +37,10 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers.saturating_mul(2).max(100))
+        // hyper keeps up to 100 header slots inline; a larger cap costs two
+        // heap arrays per request. 100 leaves room above the handlers' own
+        // limit (64 by default) for their problem+json answer.
+        .max_headers(limits.max_headers.saturating_add(1).max(100))
         .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(16 * 1024));
     let graceful = GracefulShutdown::new();
     loop {
