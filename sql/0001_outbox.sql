@@ -46,8 +46,10 @@ CREATE TABLE spool_delivery (
     PRIMARY KEY (message_id, target)
 );
 
+-- The claim's order, whole: with seq in it, rows due at one instant (a
+-- replay of many dead letters) are read in order instead of sorted.
 CREATE INDEX spool_delivery_due
-    ON spool_delivery (route, target, next_attempt_at)
+    ON spool_delivery (route, target, next_attempt_at, seq)
     WHERE state = 'pending';
 
 CREATE TABLE spool_idempotency (
