@@ -30,8 +30,10 @@
 //! bench_ingest -- --help`). Needs the Postgres server binaries (initdb,
 //! pg_ctl, postgres) and pgbench; as root, Postgres runs as `postgres`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -40,19 +42,14 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, Uri, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use spool::Spool;
-use spool::embedded_pg::{Durability, EmbeddedPostgres};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 
-type BoxError = Box<dyn Error + Send + Sync>;
-
-/// Size of every request body and of every row body pgbench inserts.
-const BODY_BYTES: usize = 512;
+use common::{
+    BODY_BYTES, BoxError, HttpClient, connect, describe_server, http_client, json_body, ms,
+    parse_field, percentile, secs, verdict, with_durable_postgres,
+};
 
 /// A request still unanswered after this counts as an error rather than
 /// stalling the run. spool itself answers 503 after its 2 s commit timeout.
@@ -151,15 +148,6 @@ impl Phase {
     }
 }
 
-/// Nearest-rank percentile (`q` in 0..=1) of sorted latencies; zero for none.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Everything printed at the end.
 struct Report {
     server: String,
@@ -187,28 +175,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Starts the throwaway Postgres, runs every phase, and stops Postgres
-/// whatever happened (Ctrl-C included), so that no cluster is left behind.
+/// Starts the throwaway Postgres, runs every phase, and stops Postgres.
 async fn run(args: &Args) -> Result<Report, BoxError> {
     if args.secs == 0 || args.connections == 0 || args.committers == Some(0) {
         return Err("--secs, --connections and --committers must be at least 1".into());
     }
     let pgbench = find_pgbench(args.pgbench.as_deref()).await?;
-    let dir = scratch_dir()?;
-    eprintln!("starting a durable Postgres in {}", dir.path().display());
-    let pg = EmbeddedPostgres::new(dir.path(), None, Durability::Durable)?;
-    let url = pg.start().await?;
-    let outcome = tokio::select! {
-        outcome = measure(args, &pgbench, dir.path(), &url) => outcome,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-    };
-    if let Err(e) = pg.stop("fast").await {
-        eprintln!(
-            "bench_ingest: could not stop Postgres in {}: {e}",
-            dir.path().display()
-        );
-    }
-    outcome
+    with_durable_postgres("bench_ingest", async |pg, url| {
+        measure(args, &pgbench, pg.dir(), url).await
+    })
+    .await
 }
 
 /// The three phases, one after another, on the cluster at `url`.
@@ -316,45 +292,6 @@ async fn spool_phases(
     Ok((peak, half_rate, half))
 }
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// A directory Postgres (running as `postgres` when we are root) can use,
-/// with a path short enough for a Unix socket. Removed when dropped.
-fn scratch_dir() -> Result<tempfile::TempDir, BoxError> {
-    Ok(tempfile::Builder::new()
-        .prefix("spool-bench-")
-        .tempdir_in("/tmp")?)
-}
-
-async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            eprintln!("bench_ingest: admin connection: {e}");
-        }
-    });
-    Ok(client)
-}
-
-/// Version and the settings that make commits durable, shown in the report
-/// so that a reader can see the comparison was not run with fsync off.
-async fn describe_server(admin: &tokio_postgres::Client) -> Result<String, BoxError> {
-    let row = admin
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('fsync'), \
-             current_setting('synchronous_commit'), current_setting('full_page_writes')",
-            &[],
-        )
-        .await?;
-    let (version, fsync, sync_commit, fpw): (String, String, String, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    Ok(format!(
-        "Postgres {version}, fsync={fsync}, synchronous_commit={sync_commit}, full_page_writes={fpw}"
-    ))
-}
-
 /// Empties `tables` and checkpoints, so that each phase starts from empty
 /// tables and pays the same full-page writes after a checkpoint.
 async fn reset(admin: &tokio_postgres::Client, tables: &str) -> Result<(), BoxError> {
@@ -362,18 +299,6 @@ async fn reset(admin: &tokio_postgres::Client, tables: &str) -> Result<(), BoxEr
         .batch_execute(&format!("TRUNCATE {tables}; CHECKPOINT"))
         .await?;
     Ok(())
-}
-
-/// A realistic-looking order, padded to exactly `BODY_BYTES` bytes of JSON.
-/// Plain ASCII without quotes or backslashes inside values, so it can sit in
-/// an SQL literal as is.
-fn json_body() -> String {
-    let head = r#"{"order_id":"4f1c2a9e-7b3d-4e21-9c55-0d8e6f7a1b2c","customer":{"id":"cus_81723","email":"buyer@example.com"},"items":[{"sku":"SKU-1042","qty":2,"price_cents":1999},{"sku":"SKU-2210","qty":1,"price_cents":4550}],"currency":"EUR","note":""#;
-    let tail = r#""}"#;
-    let padding = BODY_BYTES - head.len() - tail.len();
-    let body = format!("{head}{}{tail}", "x".repeat(padding));
-    assert_eq!(body.len(), BODY_BYTES);
-    body
 }
 
 /// One INSERT per transaction, filling what spool fills for a write: route,
@@ -384,13 +309,6 @@ fn pgbench_script(body: &str) -> String {
          VALUES (1, 'bench', 'POST', '/orders', '[[\"content-type\", \"application/json\"]]', \
          convert_to('{body}', 'UTF8'));\n"
     )
-}
-
-/// The value after `key` on the first line of pgbench's output that has it:
-/// `tps = 1234.5 (without initial connection time)` gives `1234.5`.
-fn parse_field<'a>(output: &'a str, key: &str) -> Option<&'a str> {
-    let line = output.lines().find(|l| l.trim_start().starts_with(key))?;
-    line.trim_start()[key.len()..].split_whitespace().next()
 }
 
 /// `explicit`, else `pgbench` on PATH, else the newest one Debian installs
@@ -553,8 +471,6 @@ impl BatchSizes {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// The HTTP load: `connections` tasks, each with a client of its own and so
 /// one keep-alive connection of its own (it never has two requests out).
 #[derive(Clone)]
@@ -671,19 +587,6 @@ impl Load {
     }
 }
 
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    // As spool's side does: no Nagle delay on small writes.
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn errors(phase: &Phase) -> String {
     if phase.errors.is_empty() {
         return "none".to_owned();
@@ -694,10 +597,6 @@ fn errors(phase: &Phase) -> String {
         .map(|(kind, n)| format!("{n} x {kind}"))
         .collect();
     kinds.join(", ")
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
 }
 
 fn print_report(args: &Args, r: &Report) {
@@ -765,24 +664,5 @@ fn print_timeline(name: &str, phase: &Phase) {
             ms(percentile(&latencies, 0.99)),
             ms(percentile(&latencies, 1.0))
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_is_512_bytes_of_json() {
-        let body = json_body();
-        assert_eq!(body.len(), BODY_BYTES);
-        serde_json::from_str::<serde_json::Value>(&body).expect("valid JSON");
-    }
-
-    #[test]
-    fn reads_pgbench_tps() {
-        let out =
-            "latency average = 12.3 ms\ntps = 5190.412345 (without initial connection time)\n";
-        assert_eq!(parse_field(out, "tps = "), Some("5190.412345"));
     }
 }
