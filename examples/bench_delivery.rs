@@ -55,17 +55,15 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, header};
-use hyper_util::rt::TokioIo;
 use spool::Spool;
 use spool::dispatch::TargetHandle;
 use spool::embedded_pg::EmbeddedPostgres;
 
+use common::cpu::{self, cores};
 use common::{
-    BODY_BYTES, BoxError, HttpClient, connect, describe_server, http_client, json_body, ms,
-    parse_field, percentile, secs, verdict, with_durable_postgres,
+    BODY_BYTES, BoxError, HttpClient, connect, describe_server, finish, http_client, json_body, ms,
+    percentile, secs, serve_http1, spool_toml, verdict, with_durable_postgres, wrk,
 };
 
 /// The route and target spool forwards to the sink.
@@ -166,7 +164,7 @@ impl Sink {
         std::thread::Builder::new()
             .name("sink".into())
             .spawn(move || {
-                if let Err(e) = runtime.block_on(serve(listener, served)) {
+                if let Err(e) = runtime.block_on(serve_http1(listener, served, |_| {}, answer)) {
                     eprintln!("bench_delivery: sink stopped: {e}");
                 }
             })?;
@@ -199,23 +197,6 @@ impl Sink {
     fn arrival(&self, message_id: &str) -> Option<Instant> {
         let arrivals = self.state.arrivals.lock().expect("sink lock");
         arrivals.get(message_id).copied()
-    }
-}
-
-async fn serve(listener: std::net::TcpListener, state: Arc<SinkState>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        // A 200 is one small write: no Nagle delay on it.
-        stream.set_nodelay(true)?;
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(Arc::clone(&state), request));
-            // A connection closed by its client ends here; nothing to report.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
@@ -261,10 +242,6 @@ struct CpuTicks {
     idle: u64,
 }
 
-/// Linux reports /proc times in USER_HZ ticks, 100 per second on every
-/// architecture it runs on (it is part of the user-space ABI).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// Share of one core, in percent, for each spender over a window.
 #[derive(Debug, Default, Clone, Copy)]
 struct CpuSplit {
@@ -281,27 +258,18 @@ struct CpuSplit {
 }
 
 /// Reads /proc at the start of a window and again at its end.
-struct CpuSampler {
-    postmaster: Option<u32>,
-    start: CpuTicks,
-    started: Instant,
-}
+type CpuSampler = cpu::Sampler<CpuTicks>;
 
-impl CpuSampler {
-    fn start(postmaster: Option<u32>) -> Self {
-        CpuSampler {
-            postmaster,
-            start: cpu_ticks(postmaster),
-            started: Instant::now(),
-        }
+impl cpu::Ticks for CpuTicks {
+    type Key = Option<u32>;
+    type Split = CpuSplit;
+
+    fn read(postmaster: Option<u32>) -> Self {
+        cpu_ticks(postmaster)
     }
 
-    fn finish(&self) -> CpuSplit {
-        let end = cpu_ticks(self.postmaster);
-        let per_core = |ticks: u64| 100.0 * ticks as f64 / TICKS_PER_SECOND;
-        let window = self.started.elapsed().as_secs_f64();
-        let share = |end: u64, start: u64| per_core(end.saturating_sub(start)) / window;
-        let s = &self.start;
+    fn split(s: &Self, end: &Self, window: f64) -> CpuSplit {
+        let share = |end: u64, start: u64| cpu::share(end, start, window);
         let spool = share(end.spool, s.spool);
         let sink = share(end.sink, s.sink);
         let driver = share(end.driver, s.driver);
@@ -324,13 +292,13 @@ impl CpuSampler {
 fn cpu_ticks(postmaster: Option<u32>) -> CpuTicks {
     let mut ticks = CpuTicks::default();
     let main_thread = std::process::id();
-    for (tid, name, used) in own_threads() {
+    for (tid, stat) in cpu::own_threads() {
         if tid == main_thread {
-            ticks.driver += used;
-        } else if name == "sink" {
-            ticks.sink += used;
+            ticks.driver += stat.used;
+        } else if stat.name == "sink" {
+            ticks.sink += stat.used;
         } else {
-            ticks.spool += used;
+            ticks.spool += stat.used;
         }
     }
     if let Some(postmaster) = postmaster {
@@ -344,76 +312,18 @@ fn cpu_ticks(postmaster: Option<u32>) -> CpuTicks {
             }
         }
     }
-    (ticks.busy, ticks.idle) = machine_ticks();
+    (ticks.busy, ticks.idle) = cpu::machine_ticks();
     ticks
-}
-
-/// (thread id, name, user + system ticks) of each thread of this process.
-fn own_threads() -> Vec<(u32, String, u64)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let tid = task.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let (name, _, used) = parse_stat(&stat)?;
-            Some((tid, name, used))
-        })
-        .collect()
 }
 
 /// (pid, user + system ticks) of the postmaster and its children.
 fn postgres_processes(postmaster: u32) -> Vec<(u32, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (_, parent, used) = parse_stat(&stat)?;
-            (pid == postmaster || parent == postmaster).then_some((pid, used))
+    cpu::processes()
+        .into_iter()
+        .filter_map(|(pid, stat)| {
+            (pid == postmaster || stat.parent == postmaster).then_some((pid, stat.used))
         })
         .collect()
-}
-
-/// (name, parent pid, utime + stime) from a /proc stat line. The name is in
-/// parentheses and may itself hold spaces or parentheses: split after the
-/// last `)`.
-fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat[open + 1..close].to_owned();
-    // Fields from the third on: state, ppid, ..., utime (14th), stime (15th).
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let parent = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, parent, utime + stime))
-}
-
-/// (busy, idle) ticks of the whole machine, all cores, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
-    };
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if values.len() < 8 {
-        return (0, 0);
-    }
-    let idle = values[3] + values[4];
-    let busy = values.iter().sum::<u64>() - idle;
-    (busy, idle)
 }
 
 // ---------------------------------------------------------------------------
@@ -454,42 +364,28 @@ async fn run_wrk(
 ) -> Result<WrkRun, BoxError> {
     let threads = cores().min(args.concurrency);
     let url = format!("http://{}/orders", sink.addr);
-    let wrk = |seconds: u64| {
-        let mut command = tokio::process::Command::new(&args.wrk);
-        command
-            .arg(format!("-t{threads}"))
-            .arg(format!("-c{}", args.concurrency))
-            .arg(format!("-d{seconds}s"))
-            .arg("-s")
-            .arg(script)
-            .arg(&url)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+    let wrk_for = |seconds: u64| {
+        let mut command = wrk::command(&args.wrk, threads, args.concurrency, seconds);
+        command.arg("-s").arg(script).arg(&url);
         command
     };
     if args.warmup > 0 {
-        wrk(args.warmup).output().await?;
+        wrk_for(args.warmup).output().await?;
     }
     let (before, cpu) = (sink.requests(), CpuSampler::start(postmaster));
     let started = Instant::now();
-    let output = wrk(args.secs).output().await?;
+    let output = wrk::output(wrk_for(args.secs)).await;
     let elapsed = started.elapsed();
     let cpu = cpu.finish();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!("wrk exited with {}:\n{stdout}{stderr}", output.status).into());
-    }
-    let per_second = parse_field(&stdout, "Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no `Requests/sec:` in wrk's output:\n{stdout}"))?;
+    let stdout = output?;
+    let per_second = wrk::requests_per_second(&stdout)?;
     let errors: Vec<&str> = stdout
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with("Socket errors") || l.starts_with("Non-2xx"))
         .collect();
     Ok(WrkRun {
-        version: wrk_version(&args.wrk).await,
+        version: wrk::version(&args.wrk).await,
         threads,
         per_second,
         sink_per_second: (sink.requests() - before) as f64 / elapsed.as_secs_f64(),
@@ -502,24 +398,6 @@ async fn run_wrk(
     })
 }
 
-/// `wrk 4.1.0 [epoll]`, from the first line wrk prints for `-v`.
-async fn wrk_version(program: &Path) -> String {
-    let output = tokio::process::Command::new(program)
-        .arg("-v")
-        .output()
-        .await;
-    let text = output
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let first = text.lines().next().unwrap_or("wrk").trim();
-    // `wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer`
-    first.split(" Copyright").next().unwrap_or(first).to_owned()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
 // ---------------------------------------------------------------------------
 // spool and its backlog
 
@@ -530,20 +408,8 @@ fn spool_config(
     sink: SocketAddr,
     args: &Args,
 ) -> Result<spool::config::Config, BoxError> {
-    // toml's own quoting: the URL holds single quotes around the socket path.
-    let url = toml::Value::String(url.to_owned());
-    let text = format!(
+    let rest = format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[database]
-url = {url}
-
-[log]
-level = "warn"
-
 [dispatch]
 claim_batch = {claim_batch}
 
@@ -561,7 +427,7 @@ name = "{ROUTE}"
         claim_batch = args.claim_batch,
         concurrency = args.concurrency,
     );
-    Ok(spool::config::from_toml(&text)?)
+    Ok(spool::config::from_toml(&spool_toml(url, &rest))?)
 }
 
 /// Inserts `count` messages with one pending delivery each, as spool's
@@ -1068,16 +934,9 @@ struct Report {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args).await {
-        Ok(report) => {
-            print_report(&args, &report);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench_delivery: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("bench_delivery", run(&args).await, |report| {
+        print_report(&args, report)
+    })
 }
 
 async fn run(args: &Args) -> Result<Report, BoxError> {
@@ -1094,7 +953,7 @@ async fn run(args: &Args) -> Result<Report, BoxError> {
     if args.large_backlog < args.small_backlog {
         return Err("--large-backlog must be at least --small-backlog".into());
     }
-    if wrk_version(&args.wrk).await == "wrk" {
+    if wrk::version(&args.wrk).await == "wrk" {
         return Err(format!(
             "{} not found: apt-get install wrk (or name it with --wrk / WRK)",
             args.wrk.display()
@@ -1435,16 +1294,6 @@ fn thousands(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_proc_stat_lines() {
-        let stat =
-            "4242 (tokio (w) x) S 4200 4242 1 0 -1 4194368 10 0 0 0 137 42 0 0 20 0 9 0 1 2 3";
-        assert_eq!(
-            parse_stat(stat),
-            Some(("tokio (w) x".to_owned(), 4200, 179))
-        );
-    }
 
     #[test]
     fn groups_thousands() {

@@ -47,8 +47,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use common::{
-    BODY_BYTES, BoxError, HttpClient, connect, describe_server, http_client, json_body, ms,
-    parse_field, percentile, secs, verdict, with_durable_postgres,
+    BODY_BYTES, BoxError, HttpClient, connect, describe_server, finish, http_client, json_body, ms,
+    parse_field, percentile, secs, spool_toml, verdict, with_durable_postgres,
 };
 
 /// A request still unanswered after this counts as an error rather than
@@ -163,16 +163,9 @@ struct Report {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args).await {
-        Ok(report) => {
-            print_report(&args, &report);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench_ingest: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("bench_ingest", run(&args).await, |report| {
+        print_report(&args, report)
+    })
 }
 
 /// Starts the throwaway Postgres, runs every phase, and stops Postgres.
@@ -410,20 +403,9 @@ impl PgbenchRun<'_> {
 /// 0 (stopped) so that forwarding, once spool has it, does not take a share
 /// of the machine: this measures acknowledgement alone.
 fn spool_config(url: &str, committers: Option<usize>) -> Result<spool::config::Config, BoxError> {
-    // toml's own quoting: the URL holds single quotes around the socket path.
-    let url = toml::Value::String(url.to_owned());
-    let text = format!(
+    let text = spool_toml(
+        url,
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[database]
-url = {url}
-
-[log]
-level = "warn"
-
 [[routes]]
 name = "bench"
 
@@ -433,7 +415,7 @@ name = "bench"
 
   [routes.rate]
   per_second = 0
-"#
+"#,
     );
     let mut config = spool::config::from_toml(&text)?;
     if let Some(n) = committers {

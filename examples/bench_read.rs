@@ -80,13 +80,14 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, header};
-use hyper_util::rt::TokioIo;
 use spool::Spool;
 
-use common::{BoxError, HttpClient, http_client, ms, parse_field, verdict, with_durable_postgres};
+use common::cpu::{self, cores};
+use common::{
+    BoxError, HttpClient, finish, http_client, ms, parse_field, serve_http1, spool_toml, verdict,
+    with_durable_postgres, wrk,
+};
 
 /// spool's route for the upstream: reads are `GET /bench/...`.
 const ROUTE: &str = "bench";
@@ -167,10 +168,6 @@ impl Args {
     }
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let threads = args.spool_threads.unwrap_or_else(cores);
@@ -183,16 +180,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime.block_on(run(&args)),
         Err(e) => Err(format!("cannot start the async runtime: {e}").into()),
     };
-    match outcome {
-        Ok(report) => {
-            print_report(&args, &report);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench_read: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("bench_read", outcome, |report| print_report(&args, report))
 }
 
 // ---------------------------------------------------------------------------
@@ -267,20 +255,10 @@ async fn serve_upstream(
     listener: std::net::TcpListener,
     state: Arc<UpstreamState>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+    let accepted = |state: &UpstreamState| {
         state.connections.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(Arc::clone(&state), request));
-            // A connection closed by its client ends here; nothing to report.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    };
+    serve_http1(listener, state, accepted, answer).await
 }
 
 /// 200 with the cacheable body, or 500 once switched.
@@ -565,38 +543,27 @@ struct Wrk<'a> {
 impl Wrk<'_> {
     /// `header`: one more request header (`-H`).
     async fn run(&self, url: &str, seconds: u64, header: Option<&str>) -> Result<String, BoxError> {
-        let mut command = tokio::process::Command::new(&self.args.wrk);
-        command
-            .arg(format!("-t{}", self.args.wrk_threads))
-            .arg(format!("-c{}", self.args.connections))
-            .arg(format!("-d{seconds}s"))
-            .arg("--latency");
+        let mut command = wrk::command(
+            &self.args.wrk,
+            self.args.wrk_threads,
+            self.args.connections,
+            seconds,
+        );
+        command.arg("--latency");
         if let Some(script) = &self.script {
             command.arg("-s").arg(script);
         }
         if let Some(header) = header {
             command.arg("-H").arg(header);
         }
-        let output = command
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(format!("wrk exited with {}:\n{stdout}{stderr}", output.status).into());
-        }
-        Ok(stdout)
+        command.arg(url);
+        wrk::output(command).await
     }
 }
 
 fn parse_wrk(out: &str) -> Result<WrkRun, BoxError> {
     let missing = |what: &str| format!("no `{what}` in wrk's output:\n{out}");
-    let per_second = parse_field(out, "Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| missing("Requests/sec:"))?;
+    let per_second = wrk::requests_per_second(out)?;
     let p50 = parse_field(out, "50%")
         .and_then(parse_wrk_duration)
         .ok_or_else(|| missing("50%"))?;
@@ -642,21 +609,6 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-/// `wrk 4.1.0 [epoll]`, from the first line wrk prints for `-v`; just
-/// `wrk` when it cannot be run.
-async fn wrk_version(program: &Path) -> String {
-    let output = tokio::process::Command::new(program)
-        .arg("-v")
-        .output()
-        .await;
-    let text = output
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let first = text.lines().next().unwrap_or("wrk").trim();
-    // `wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer`
-    first.split(" Copyright").next().unwrap_or(first).to_owned()
-}
-
 // ---------------------------------------------------------------------------
 // Where the CPU went
 
@@ -678,10 +630,6 @@ struct CpuTicks {
     idle: u64,
 }
 
-/// Linux reports /proc times in USER_HZ ticks, 100 per second on every
-/// architecture it runs on (it is part of the user-space ABI).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// Share of one core, in percent, for each spender over a window.
 #[derive(Debug, Default, Clone, Copy)]
 struct CpuSplit {
@@ -702,28 +650,18 @@ struct Pids {
 }
 
 /// Reads /proc at the start of a window and again at its end.
-struct CpuSampler {
-    pids: Pids,
-    start: CpuTicks,
-    started: Instant,
-}
+type CpuSampler = cpu::Sampler<CpuTicks>;
 
-impl CpuSampler {
-    fn start(pids: Pids) -> Self {
-        CpuSampler {
-            pids,
-            start: cpu_ticks(pids),
-            started: Instant::now(),
-        }
+impl cpu::Ticks for CpuTicks {
+    type Key = Pids;
+    type Split = CpuSplit;
+
+    fn read(pids: Pids) -> Self {
+        cpu_ticks(pids)
     }
 
-    fn finish(&self) -> CpuSplit {
-        let end = cpu_ticks(self.pids);
-        let window = self.started.elapsed().as_secs_f64();
-        let share = |end: u64, start: u64| {
-            100.0 * end.saturating_sub(start) as f64 / TICKS_PER_SECOND / window
-        };
-        let s = &self.start;
+    fn split(s: &Self, end: &Self, window: f64) -> CpuSplit {
+        let share = |end: u64, start: u64| cpu::share(end, start, window);
         let spool = share(end.spool, s.spool);
         let upstream = share(end.upstream, s.upstream);
         let nginx = share(end.nginx, s.nginx);
@@ -744,106 +682,26 @@ impl CpuSampler {
 
 fn cpu_ticks(pids: Pids) -> CpuTicks {
     let mut ticks = CpuTicks::default();
-    for (name, used) in own_threads() {
-        if name.starts_with("upstream") {
-            ticks.upstream += used;
+    for (_, stat) in cpu::own_threads() {
+        if stat.name.starts_with("upstream") {
+            ticks.upstream += stat.used;
         } else {
-            ticks.spool += used;
+            ticks.spool += stat.used;
         }
     }
-    ticks.reaped = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| Some(parse_stat(&stat)?.children))
-        .unwrap_or(0);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|s| parse_stat(&s))
-            else {
-                continue;
-            };
-            if pid == pids.nginx || stat.parent == pids.nginx {
-                ticks.nginx += stat.used;
-            } else if pids
-                .postmaster
-                .is_some_and(|pm| pid == pm || stat.parent == pm)
-            {
-                ticks.postgres += stat.used;
-            }
+    ticks.reaped = cpu::own_stat().map_or(0, |stat| stat.children);
+    for (pid, stat) in cpu::processes() {
+        if pid == pids.nginx || stat.parent == pids.nginx {
+            ticks.nginx += stat.used;
+        } else if pids
+            .postmaster
+            .is_some_and(|pm| pid == pm || stat.parent == pm)
+        {
+            ticks.postgres += stat.used;
         }
     }
-    (ticks.busy, ticks.idle) = machine_ticks();
+    (ticks.busy, ticks.idle) = cpu::machine_ticks();
     ticks
-}
-
-/// (name, user + system ticks) of each thread of this process.
-fn own_threads() -> Vec<(String, u64)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let stat = parse_stat(&std::fs::read_to_string(task.path().join("stat")).ok()?)?;
-            Some((stat.name, stat.used))
-        })
-        .collect()
-}
-
-struct Stat {
-    name: String,
-    parent: u32,
-    /// utime + stime.
-    used: u64,
-    /// cutime + cstime: children waited for.
-    children: u64,
-}
-
-/// A /proc stat line. The name is in parentheses and may itself hold
-/// spaces or parentheses: split after the last `)`.
-fn parse_stat(stat: &str) -> Option<Stat> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat[open + 1..close].to_owned();
-    // Fields from the third on: state, ppid, ..., utime (14th), stime,
-    // cutime, cstime (17th).
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let number = |i: usize| -> Option<u64> { fields.get(i)?.parse().ok() };
-    Some(Stat {
-        name,
-        parent: fields.get(1)?.parse().ok()?,
-        used: number(11)? + number(12)?,
-        children: number(13)? + number(14)?,
-    })
-}
-
-/// (busy, idle) ticks of the whole machine, all cores, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
-    };
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if values.len() < 8 {
-        return (0, 0);
-    }
-    let idle = values[3] + values[4];
-    let busy = values.iter().sum::<u64>() - idle;
-    (busy, idle)
 }
 
 // ---------------------------------------------------------------------------
@@ -1105,7 +963,7 @@ async fn run(args: &Args) -> Result<Report, BoxError> {
     if args.body_bytes < 64 {
         return Err("--body-bytes must be at least 64".into());
     }
-    let wrk_version = wrk_version(&args.wrk).await;
+    let wrk_version = wrk::version(&args.wrk).await;
     if wrk_version == "wrk" {
         return Err(format!(
             "{} not found: apt-get install wrk (or name it with --wrk / WRK)",
@@ -1233,20 +1091,8 @@ async fn measure(bench: &Bench<'_>) -> Result<Phases, BoxError> {
 /// single target (and so its read target) is the upstream; every read
 /// setting at its default.
 fn spool_config(url: &str, upstream: SocketAddr) -> Result<spool::config::Config, BoxError> {
-    // toml's own quoting: the URL holds single quotes around the socket path.
-    let url = toml::Value::String(url.to_owned());
-    let text = format!(
+    let rest = format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[database]
-url = {url}
-
-[log]
-level = "warn"
-
 [[routes]]
 name = "{ROUTE}"
 
@@ -1255,7 +1101,7 @@ name = "{ROUTE}"
   url = "http://{upstream}"
 "#
     );
-    Ok(spool::config::from_toml(&text)?)
+    Ok(spool::config::from_toml(&spool_toml(url, &rest))?)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,20 +1,32 @@
 //! What the benchmark programs share: the throwaway durable Postgres, the
-//! 512-byte JSON body, an HTTP/1.1 client, percentiles and report helpers.
+//! 512-byte JSON body, an HTTP/1.1 client and server loop, percentiles and
+//! report helpers;
+//! CPU accounting from /proc (`cpu`) and running wrk (`wrk`).
 //!
 //! Each example compiles its own copy of this module (`#[path =
 //! "common/mod.rs"] mod common;`), so an item one of them does not use would
 //! be dead code there; hence the `allow` below.
 #![allow(dead_code)]
 
+pub mod cpu;
+pub mod wrk;
+
 use std::error::Error;
 use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use spool::embedded_pg::{Durability, EmbeddedPostgres};
 use tokio_postgres::NoTls;
 
@@ -53,6 +65,21 @@ pub async fn with_durable_postgres<T>(
     outcome
 }
 
+/// A benchmark's exit: the report printed on success, else the error after
+/// the program's name.
+pub fn finish<R>(program: &str, outcome: Result<R, BoxError>, print: impl FnOnce(&R)) -> ExitCode {
+    match outcome {
+        Ok(report) => {
+            print(&report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn until_interrupted<T>(
     work: impl Future<Output = Result<T, BoxError>>,
 ) -> Result<T, BoxError> {
@@ -71,6 +98,27 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
         }
     });
     Ok(client)
+}
+
+/// The TOML of an in-process spool on the benchmark's cluster at `url`: any
+/// free ports, warnings only in the log, then `rest` (its routes and any
+/// other sections).
+pub fn spool_toml(url: &str, rest: &str) -> String {
+    // toml's own quoting: the URL holds single quotes around the socket path.
+    let url = toml::Value::String(url.to_owned());
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[database]
+url = {url}
+
+[log]
+level = "warn"
+{rest}"#
+    )
 }
 
 /// Version and the settings that make commits durable, shown in the report
@@ -117,6 +165,39 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Serves HTTP/1.1 on `listener` for ever: `accepted` is told of each new
+/// connection, and `answer` answers each request with the shared `state`.
+pub async fn serve_http1<T, F, B, E>(
+    listener: std::net::TcpListener,
+    state: Arc<T>,
+    accepted: impl Fn(&T),
+    answer: fn(Arc<T>, Request<Incoming>) -> F,
+) -> std::io::Result<()>
+where
+    T: Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        // An answer is one small write: no Nagle delay on it.
+        stream.set_nodelay(true)?;
+        accepted(&state);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(Arc::clone(&state), request));
+            // A connection closed by its client ends here; nothing to report.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
