@@ -37,18 +37,18 @@ async fn handle(State(port): State<Arc<DataPort>>, request: Request) -> Response
 async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiError> {
     check_header_limits(request.headers(), port.max_headers, port.max_header_bytes)?;
     let (parts, body) = request.into_parts();
-    let (name, rest) = split_path(parts.uri.path());
+    // A Uri clone shares its bytes: `rest` can borrow it while `parts` moves.
+    let uri = parts.uri.clone();
+    let (name, rest) = split_path(uri.path());
     let route = port
         .routes
         .get(name)
         .ok_or_else(|| ApiError::UnknownRoute(name.to_owned()))?;
     if route.write_methods.contains(&parts.method) {
-        let rest = rest.to_owned();
-        return Ok(port.writes.accept(route, parts, &rest, body).await);
+        return Ok(port.writes.accept(route, parts, rest, body).await);
     }
     if parts.method == Method::GET || parts.method == Method::HEAD {
-        let (name, rest) = (name.to_owned(), rest.to_owned());
-        return Ok(port.reads.handle(&name, parts, &rest).await);
+        return Ok(port.reads.handle(name, parts, rest).await);
     }
     Err(ApiError::MethodNotAllowed {
         route: route.name.to_string(),
