@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::routes::Route;
 use crate::outbox::NewMessage;
 use crate::problem::ApiError;
+use crate::upstream;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const ORDERING_KEY: HeaderName = HeaderName::from_static("spool-ordering-key");
@@ -24,20 +25,11 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Longest Idempotency-Key or Spool-Ordering-Key accepted.
 const MAX_KEY_BYTES: usize = 255;
 
-/// Headers that describe one connection (RFC 9110 section 7.6.1), or that
-/// spool sets itself: never stored, never forwarded as-is.
-static NOT_STORED: [HeaderName; 15] = [
-    header::CONNECTION,
+/// Headers spool sets or reads itself: never stored as request headers.
+/// (Hop-by-hop headers are left out too, by `upstream::is_hop_by_hop`.)
+static SET_BY_SPOOL: [HeaderName; 6] = [
     header::CONTENT_LENGTH,
     header::HOST,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
     IDEMPOTENCY_KEY,
     ORDERING_KEY,
     TRACEPARENT,
@@ -189,9 +181,13 @@ fn is_traceparent(value: &str) -> bool {
 /// The allow-listed headers (content-type always) as a JSON array of
 /// [name, value] pairs, in request order.
 fn stored_headers(route: &Route, headers: &HeaderMap) -> Result<String, ApiError> {
+    let connection = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok());
     let mut kept: Vec<[&str; 2]> = Vec::new();
     for (name, value) in headers {
-        if NOT_STORED.contains(name)
+        if SET_BY_SPOOL.contains(name)
+            || upstream::is_hop_by_hop(name.as_str(), connection)
             || !(name == header::CONTENT_TYPE || route.forward_headers.allows(name))
         {
             continue;
