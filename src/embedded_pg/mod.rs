@@ -104,12 +104,11 @@ impl EmbeddedPostgres {
             EmbeddedError::Setup(format!("cannot create {}: {e}", self.dir.display()))
         })?;
         if self.as_postgres_user {
-            self.run(
-                "chown",
-                &["-R", "postgres:postgres", &self.dir.display().to_string()],
-                "giving the directory to the postgres user",
-            )
-            .await?;
+            // As root itself: the postgres user may not own the parent.
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(&self.dir);
+            self.run(chown, "chown", "giving the directory to the postgres user")
+                .await?;
         }
         if !self.data_dir().join("PG_VERSION").exists() {
             self.initdb().await?;
@@ -137,7 +136,7 @@ impl EmbeddedPostgres {
 
     pub async fn is_running(&self) -> bool {
         let data = self.data_dir().display().to_string();
-        self.command(&self.bin("pg_ctl"), &["status", "-D", &data])
+        self.postgres_command("pg_ctl", &["status", "-D", &data])
             .output()
             .await
             .is_ok_and(|out| out.status.success())
@@ -164,8 +163,12 @@ impl EmbeddedPostgres {
         if self.durability == Durability::Throwaway {
             args.push("--no-sync");
         }
-        self.run(&self.bin("initdb"), &args, "creating the Postgres cluster")
-            .await?;
+        self.run(
+            self.postgres_command("initdb", &args),
+            "initdb",
+            "creating the Postgres cluster",
+        )
+        .await?;
         tracing::info!(dir = %data, "embedded Postgres cluster created");
         Ok(())
     }
@@ -208,24 +211,26 @@ impl EmbeddedPostgres {
         let data = self.data_dir().display().to_string();
         let mut all = vec!["-D", &data];
         all.extend_from_slice(args);
-        self.run(&self.bin("pg_ctl"), &all, action).await.map(drop)
+        self.run(self.postgres_command("pg_ctl", &all), "pg_ctl", action)
+            .await
+            .map(drop)
     }
 
+    /// Runs `command` (named `program` in errors) to its end.
     async fn run(
         &self,
+        mut command: Command,
         program: &str,
-        args: &[&str],
         action: &'static str,
     ) -> Result<Output, EmbeddedError> {
-        let output =
-            self.command(program, args)
-                .output()
-                .await
-                .map_err(|e| EmbeddedError::Command {
-                    action,
-                    dir: self.dir.clone(),
-                    detail: format!("cannot run {program}: {e}"),
-                })?;
+        command
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = command.output().await.map_err(|e| EmbeddedError::Command {
+            action,
+            dir: self.dir.clone(),
+            detail: format!("cannot run {program}: {e}"),
+        })?;
         if output.status.success() {
             return Ok(output);
         }
@@ -244,14 +249,16 @@ impl EmbeddedPostgres {
         })
     }
 
-    /// `program args`, as the postgres user when spool is root (not for chown).
-    fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut command = if self.as_postgres_user && program != "chown" {
+    /// One of the Postgres programs with `args`, as the postgres user when
+    /// spool is root (Postgres refuses to run as root).
+    fn postgres_command(&self, program: &str, args: &[&str]) -> Command {
+        let path = self.bin(program);
+        let mut command = if self.as_postgres_user {
             let mut c = Command::new("runuser");
-            c.args(["-u", POSTGRES_USER, "--", program]);
+            c.args(["-u", POSTGRES_USER, "--", &path]);
             c
         } else {
-            Command::new(program)
+            Command::new(&path)
         };
         command
             .args(args)
