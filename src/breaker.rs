@@ -20,14 +20,6 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-
     /// For the `spool_breaker_state` gauge: 0 closed, 1 open, 2 half-open.
     pub fn as_gauge(self) -> i64 {
         match self {

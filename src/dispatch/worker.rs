@@ -191,7 +191,6 @@ async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
                 attempts = delivery.attempts, error = %error, "delivery dead-lettered; replay it from the admin API once fixed");
             "dead"
         }
-        Fate::Released => "released",
     };
     target
         .metrics

@@ -73,8 +73,6 @@ pub enum Fate {
         status: Option<u16>,
         error: String,
     },
-    /// Claimed but never sent: free the lease, do not count the attempt.
-    Released,
 }
 
 /// (message, target) pairs, as the two arrays the statements take.
@@ -122,7 +120,6 @@ pub struct OutcomeBatch {
     delivered: Keys,
     retry: Failures,
     dead: Failures,
-    released: Keys,
 }
 
 impl OutcomeBatch {
@@ -138,15 +135,11 @@ impl OutcomeBatch {
                 self.dead
                     .push(message_id, target, Duration::ZERO, status, error)
             }
-            Fate::Released => self.released.push(message_id, target),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.delivered.ids.len()
-            + self.retry.keys.ids.len()
-            + self.dead.keys.ids.len()
-            + self.released.ids.len()
+        self.delivered.ids.len() + self.retry.keys.ids.len() + self.dead.keys.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,11 +187,6 @@ impl OutcomeBatch {
                 &owner,
             ];
             tx.execute(sql::MARK_DEAD, &params).await?;
-        }
-        let released = &self.released;
-        if !released.ids.is_empty() {
-            tx.execute(sql::RELEASE, &[&released.ids, &released.targets, &owner])
-                .await?;
         }
         tx.commit().await
     }

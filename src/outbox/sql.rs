@@ -152,13 +152,6 @@ FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[])
     AS r (message_id, target, status, error)
 WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $5";
 
-/// Frees leases without counting the attempt (shutdown before sending).
-pub const RELEASE: &str = "
-UPDATE spool_delivery d
-SET attempts = d.attempts - 1, lease_owner = NULL, lease_expires_at = NULL
-FROM unnest($1::uuid[], $2::text[]) AS r (message_id, target)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
-
 /// Dead letters, newest first, filtered by route and target when given,
 /// paged by (dead_at, message_id, target) of the last row seen.
 pub const LIST_DEAD: &str = "
