@@ -14,9 +14,46 @@ use crate::problem::ApiError;
 use crate::upstream;
 
 /// `fresh`, `stale` or `miss`: where an answer came from.
-pub const SPOOL_CACHE: &str = "spool-cache";
+const SPOOL_CACHE: &str = "spool-cache";
 /// RFC 9211.
 const CACHE_STATUS: &str = "cache-status";
+
+/// Where a read's answer came from: its `Spool-Cache` value and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Fresh,
+    Stale,
+    Miss,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Fresh => "fresh",
+            Source::Stale => "stale",
+            Source::Miss => "miss",
+        }
+    }
+
+    /// The source `mark` recorded on an answer.
+    pub fn of(response: &Response) -> Source {
+        match response
+            .headers()
+            .get(SPOOL_CACHE)
+            .map(HeaderValue::as_bytes)
+        {
+            Some(b"fresh") => Source::Fresh,
+            Some(b"stale") => Source::Stale,
+            _ => Source::Miss,
+        }
+    }
+}
+
+/// Says where an answer came from, in `Spool-Cache` and `Cache-Status`.
+fn mark(headers: &mut HeaderMap, source: Source, cache_status: HeaderValue) {
+    headers.insert(SPOOL_CACHE, HeaderValue::from_static(source.as_str()));
+    headers.append(CACHE_STATUS, cache_status);
+}
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let connection = headers
@@ -35,29 +72,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The upstream's answer, streamed.
 pub fn fresh(mut parts: Parts, body: Body, stored: bool) -> Response {
-    parts
-        .headers
-        .insert(SPOOL_CACHE, HeaderValue::from_static("fresh"));
     let status = if stored {
         "spool; fwd=uri-miss; stored"
     } else {
         "spool; fwd=uri-miss"
     };
-    parts
-        .headers
-        .append(CACHE_STATUS, HeaderValue::from_static(status));
+    mark(
+        &mut parts.headers,
+        Source::Fresh,
+        HeaderValue::from_static(status),
+    );
     Response::from_parts(parts, body)
 }
 
 /// A good answer another request fetched just now (single flight).
 pub fn fresh_from_kept(kept: &KeptAnswer, head: bool) -> Response {
     let mut response = from_kept(kept, head);
-    let headers = response.headers_mut();
-    headers.insert(SPOOL_CACHE, HeaderValue::from_static("fresh"));
-    headers.append(
-        CACHE_STATUS,
-        HeaderValue::from_static("spool; fwd=uri-miss; collapsed"),
-    );
+    let collapsed = HeaderValue::from_static("spool; fwd=uri-miss; collapsed");
+    mark(response.headers_mut(), Source::Fresh, collapsed);
     response
 }
 
@@ -73,10 +105,10 @@ pub fn stale(kept: &KeptAnswer, now: SystemTime, failure: Failure, head: bool) -
     };
     let cache_status = format!("spool; hit; ttl=-{age}{forwarded}");
     let headers = response.headers_mut();
-    headers.insert(SPOOL_CACHE, HeaderValue::from_static("stale"));
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers.append(
-        CACHE_STATUS,
+    mark(
+        headers,
+        Source::Stale,
         HeaderValue::from_str(&cache_status).expect("ASCII"),
     );
     response
@@ -108,11 +140,7 @@ pub fn problem_bad_gateway(detail: &str, timed_out: bool) -> Response {
         ApiError::UpstreamUnavailable(detail.to_owned())
     };
     let mut response = error.into_response();
-    let headers = response.headers_mut();
-    headers.insert(SPOOL_CACHE, HeaderValue::from_static("miss"));
-    headers.insert(
-        CACHE_STATUS,
-        HeaderValue::from_static("spool; fwd=uri-miss"),
-    );
+    let miss = HeaderValue::from_static("spool; fwd=uri-miss");
+    mark(response.headers_mut(), Source::Miss, miss);
     response
 }

@@ -89,15 +89,10 @@ impl ReadPath {
             None => rest.to_owned(),
         };
         let response = self.read(route, &parts, rest, &key).await;
-        let result = response
-            .headers()
-            .get(answer::SPOOL_CACHE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("miss")
-            .to_owned();
+        let source = answer::Source::of(&response);
         self.metrics
             .reads
-            .with_label_values(&[&*route.name, &result])
+            .with_label_values(&[&*route.name, source.as_str()])
             .inc();
         response
     }
