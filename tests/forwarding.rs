@@ -153,7 +153,7 @@ async fn a_target_down_then_back_drains_and_the_breaker_spends_nothing_while_ope
     let healthy = FakeTarget::healthy().await;
     down.stop();
     let extra =
-        format!("{FAST_RETRY}\n  [routes.breaker]\n  failure_threshold = 3\n  open_ms = 1500\n");
+        format!("{FAST_RETRY}\n  [routes.breaker]\n  failure_threshold = 3\n  open_ms = 4000\n");
     let env = TestEnv::start_routes(&route(
         "orders",
         &[("down", &down), ("healthy", &healthy)],
@@ -171,18 +171,22 @@ async fn a_target_down_then_back_drains_and_the_breaker_spends_nothing_while_ope
     assert_eventually!(healthy.received().len() == 50);
     assert_eventually!(breaker.state() == BreakerState::Open);
 
-    // While open, no attempt is spent: attempt counts stay put.
+    // While open (4 s, well past this window), no attempt is spent:
+    // attempt counts stay put.
     let attempts_sql =
         "SELECT coalesce(sum(attempts), 0)::int8 FROM spool_delivery WHERE target = 'down'";
     let before = db_count(&env, attempts_sql).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    if breaker.state() == BreakerState::Open {
-        assert_eq!(
-            db_count(&env, attempts_sql).await,
-            before,
-            "attempts grew while the breaker was open"
-        );
-    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "the window outlasted the cool-down"
+    );
+    assert_eq!(
+        db_count(&env, attempts_sql).await,
+        before,
+        "attempts grew while the breaker was open"
+    );
 
     down.restart().await;
     assert_eventually!(
@@ -442,6 +446,10 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
         .unwrap()
         .flow;
     flow.set_rate(10.0, Some(1));
+    assert_eq!(
+        (flow.settings().per_second, flow.settings().burst),
+        (10.0, 1)
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let early = target.received().len();
     assert!(
