@@ -113,6 +113,26 @@ impl Breaker {
         }
     }
 
+    /// Whether `permit` would hand out a send now, without taking it; if
+    /// not, when it may (None: once the probe out has its result). The
+    /// dispatcher asks before claiming, so an open breaker claims nothing.
+    pub fn peek(&self) -> Result<(), Option<Instant>> {
+        let inner = self.inner.lock().expect("breaker lock");
+        match inner.state {
+            BreakerState::Closed => Ok(()),
+            BreakerState::Open => {
+                let until = inner.opened_at + self.open_for;
+                if Instant::now() < until {
+                    Err(Some(until))
+                } else {
+                    Ok(())
+                }
+            }
+            BreakerState::HalfOpen if inner.probe_out => Err(None),
+            BreakerState::HalfOpen => Ok(()),
+        }
+    }
+
     /// A probe was handed out but never sent (nothing was due): give it back.
     pub fn return_probe(&self) {
         self.inner.lock().expect("breaker lock").probe_out = false;

@@ -45,6 +45,8 @@ impl Bucket {
 pub enum Blocked {
     /// A token will be there at this instant.
     Until(Instant),
+    /// The concurrency cap is reached: wait for an attempt to finish.
+    Full,
     /// Rate 0 or paused: wait for a settings change.
     Stopped,
 }
@@ -123,7 +125,7 @@ impl FlowControl {
         }
         let free = settings.concurrency.saturating_sub(self.in_flight());
         if free == 0 {
-            return Err(Blocked::Stopped);
+            return Err(Blocked::Full);
         }
         bucket.refill(now);
         let whole = bucket.tokens.floor() as usize;
@@ -184,7 +186,7 @@ mod tests {
     async fn concurrency_caps_in_flight() {
         let flow = FlowControl::new(1000.0, None, 2);
         assert_eq!(flow.take(10), Ok(2));
-        assert_eq!(flow.take(1), Err(Blocked::Stopped));
+        assert_eq!(flow.take(1), Err(Blocked::Full));
         flow.finished();
         assert_eq!(flow.take(10), Ok(1));
     }

@@ -461,9 +461,46 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
     let paused_at = target.received().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(target.received().len(), paused_at, "sent while paused");
+    // What was claimed ahead of sending went back to the outbox, for any
+    // spool to take.
+    let leased = "SELECT count(*) FROM spool_delivery WHERE state = 'leased'";
+    assert_eventually!(db_count(&env, leased).await == 0);
     flow.set_paused(false);
     flow.set_rate(1000.0, None);
     assert_eventually!(target.received().len() == 20);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_back_what_was_claimed_and_not_sent() {
+    let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(300), 200)).await;
+    let extra = "  [routes.rate]\n  concurrency = 1\n";
+    let mut env = TestEnv::start_routes(&route("orders", &[("t", &target)], extra)).await;
+    for i in 0..20 {
+        assert_eq!(
+            env.client.post("/orders/x", format!("{i}")).await.status,
+            202
+        );
+    }
+    assert_eventually!(!target.received().is_empty());
+    let leased = "SELECT count(*) FROM spool_delivery WHERE state = 'leased'";
+    assert!(
+        db_count(&env, leased).await > 1,
+        "more claimed than the one in flight"
+    );
+    env.spool.take().unwrap().shutdown().await;
+    assert_eq!(
+        db_count(&env, leased).await,
+        0,
+        "claimed deliveries held past shutdown"
+    );
+    let left = db_count(&env, "SELECT count(*) FROM spool_delivery").await;
+    let delivered = target.received().len() as i64;
+    assert_eq!(
+        left + delivered,
+        20,
+        "{left} left and {delivered} delivered"
+    );
     env.stop().await;
 }
 

@@ -64,7 +64,7 @@ fn after_failure(
     error: String,
     retry_after: Option<std::time::Duration>,
 ) -> Fate {
-    match policy.after_failure(delivery.attempts, delivery.age, retry_after) {
+    match policy.after_failure(delivery.attempt, delivery.age, retry_after) {
         Decision::RetryIn(delay) => Fate::RetryIn {
             delay,
             status,

@@ -145,7 +145,7 @@ impl Forwarder {
         };
         headers.insert("idempotency-key", key);
         headers.insert("spool-message-id", hyphenated(delivery.message_id));
-        headers.insert("spool-attempt", HeaderValue::from(delivery.attempts));
+        headers.insert("spool-attempt", HeaderValue::from(delivery.attempt));
         let traceparent = match &delivery.traceparent {
             Some(parent) => HeaderValue::from_str(parent).map_err(|e| e.to_string())?,
             None => new_traceparent(delivery.message_id),

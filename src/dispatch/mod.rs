@@ -2,11 +2,14 @@
 //!
 //! One dispatcher task per (route, target) claims due deliveries under a
 //! lease and sends them; a recorder writes the outcomes back; LISTEN/NOTIFY
-//! and a slow poll wake the dispatchers. Each target has its own breaker
-//! and flow control, so a dead target never delays another.
+//! and a slow poll wake the dispatchers; a sweep takes back expired leases.
+//! Each target has its own breaker and flow control, so a dead target never
+//! delays another.
 
 mod attempt;
 mod forward;
+mod lease_sweep;
+mod queue;
 mod recorder;
 mod wakeup;
 mod worker;
@@ -74,6 +77,7 @@ impl Dispatcher {
                 targets.push(Arc::new(worker::Target {
                     route: route.name.as_str().into(),
                     name: target.name.as_str().into(),
+                    sole_target: route.targets.len() == 1,
                     forwarder: Forwarder::new(&target.url, timeout, route.rate.concurrency),
                     policy: RetryPolicy::from_config(&route.retry),
                     breaker: Arc::new(Breaker::new(
@@ -114,6 +118,7 @@ impl Dispatcher {
             // Long enough for the slowest attempt and its recording; after
             // it, another spool may take the delivery over.
             lease: Duration::from_millis(max_timeout + dispatch.lease_margin_ms),
+            lease_margin: Duration::from_millis(dispatch.lease_margin_ms),
             claim_batch: dispatch.claim_batch,
             poll: Duration::from_millis(dispatch.poll_interval_ms),
             records,
@@ -136,6 +141,12 @@ impl Dispatcher {
         drop(settings);
         let mut background = JoinSet::new();
         background.spawn(wakeup::listen(Arc::clone(&wakeups), url, cancel.clone()));
+        background.spawn(lease_sweep::run(
+            pool.clone(),
+            Arc::clone(&wakeups),
+            Duration::from_millis(dispatch.poll_interval_ms),
+            cancel.clone(),
+        ));
         background.spawn(wakeup::announce(Arc::clone(&wakeups), pool, cancel.clone()));
         Dispatcher {
             targets: handles,

@@ -9,22 +9,13 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::outbox::{Fate, OutcomeBatch};
-
-/// One attempt's outcome, on its way to the database.
-#[derive(Debug)]
-pub struct Record {
-    pub message_id: Uuid,
-    pub target: Arc<str>,
-    pub fate: Fate,
-}
+use crate::outbox::{Outcome, OutcomeBatch};
 
 /// Runs until every sender is gone and the channel is drained. After
 /// `cancel`, a batch that cannot be written is given up after a few tries.
 pub async fn run(
-    mut records: mpsc::Receiver<Record>,
+    mut records: mpsc::Receiver<Outcome>,
     pool: Pool,
     owner: Arc<str>,
     batch_max: usize,
@@ -32,10 +23,10 @@ pub async fn run(
 ) {
     while let Some(first) = records.recv().await {
         let mut batch = OutcomeBatch::default();
-        batch.push(first.message_id, &first.target, first.fate);
+        batch.push(first);
         while batch.len() < batch_max {
             match records.try_recv() {
-                Ok(record) => batch.push(record.message_id, &record.target, record.fate),
+                Ok(outcome) => batch.push(outcome),
                 Err(_) => break,
             }
         }

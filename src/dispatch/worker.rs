@@ -1,23 +1,25 @@
-//! One dispatcher per (route, target): asks the breaker and flow control,
-//! claims what they allow, sends each claimed delivery as its own task, and
-//! otherwise sleeps until woken (a commit, a NOTIFY, a freed slot, a retry
-//! coming due, or the slow poll).
+//! One dispatcher per (route, target): claims due deliveries in batches
+//! ahead of sending, sends each as its own task as the breaker and flow
+//! control allow, and otherwise sleeps until woken (a commit, a NOTIFY, a
+//! freed slot, a retry coming due, or the slow poll).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use uuid::Uuid;
+
 use super::attempt::judge;
 use super::forward::Forwarder;
-use super::recorder::Record;
-use crate::breaker::{Breaker, Permit};
+use super::queue::ClaimQueue;
+use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::flow::{Blocked, FlowControl};
-use crate::outbox::{ClaimedDelivery, Fate, claim_due};
+use crate::outbox::{ClaimedDelivery, Fate, Outcome, claim_due, release_leases};
 use crate::retry::RetryPolicy;
 use crate::telemetry::Metrics;
 
@@ -25,6 +27,8 @@ use crate::telemetry::Metrics;
 pub struct Target {
     pub route: Arc<str>,
     pub name: Arc<str>,
+    /// The route has no other target.
+    pub sole_target: bool,
     pub forwarder: Forwarder,
     pub policy: RetryPolicy,
     pub breaker: Arc<Breaker>,
@@ -41,118 +45,295 @@ pub struct DispatchSettings {
     pub pool: Pool,
     pub owner: Arc<str>,
     pub lease: Duration,
+    /// The part of the lease beyond the slowest attempt.
+    pub lease_margin: Duration,
     pub claim_batch: usize,
     pub poll: Duration,
-    pub records: mpsc::Sender<Record>,
+    pub records: mpsc::Sender<Outcome>,
     pub cancel: CancellationToken,
 }
 
+/// Body bytes a dispatcher holds claimed ahead of sending, at most (give or
+/// take a claim's worth when bodies grow).
+const QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 pub async fn run(target: Arc<Target>, settings: DispatchSettings) {
-    let mut attempts = JoinSet::new();
-    while !settings.cancel.is_cancelled() {
-        while attempts.try_join_next().is_some() {}
-        let (want, probe) = match target.breaker.permit() {
-            Permit::Go => (settings.claim_batch, false),
-            Permit::Probe => (1, true),
-            Permit::Wait(until) => {
-                idle(&target, &settings, until).await;
-                continue;
-            }
-        };
-        let granted = match target.flow.take(want) {
-            Ok(granted) => granted,
-            Err(blocked) => {
-                if probe {
-                    target.breaker.return_probe();
-                }
-                let until = match blocked {
-                    Blocked::Until(at) => Some(at),
-                    Blocked::Stopped => None,
-                };
-                idle(&target, &settings, until).await;
-                continue;
-            }
-        };
-        let claimed = claim(&target, &settings, granted).await;
-        target.flow.unused(granted - claimed.len());
-        if claimed.is_empty() {
-            if probe {
-                target.breaker.return_probe();
-            }
-            idle(&target, &settings, None).await;
-            continue;
-        }
-        for delivery in claimed {
-            let target = Arc::clone(&target);
-            let records = settings.records.clone();
-            attempts.spawn(attempt(target, delivery, records));
-        }
+    let now = Instant::now();
+    let mut worker = Worker {
+        target,
+        settings,
+        queue: ClaimQueue::default(),
+        tasks: JoinSet::new(),
+        claiming: None,
+        maybe_due: true,
+        poll_at: now,
+    };
+    while !worker.settings.cancel.is_cancelled() {
+        worker.step().await;
     }
-    // Attempts in flight finish (each bounded by the route's timeout) and
-    // their outcomes are recorded before the recorder stops.
-    while attempts.join_next().await.is_some() {}
+    worker.shut_down().await;
 }
 
-async fn claim(target: &Target, settings: &DispatchSettings, limit: usize) -> Vec<ClaimedDelivery> {
-    if limit == 0 {
-        return Vec::new();
+type ClaimResult = Result<Vec<ClaimedDelivery>, String>;
+
+/// One target's dispatcher between two wake-ups.
+struct Worker {
+    target: Arc<Target>,
+    settings: DispatchSettings,
+    queue: ClaimQueue,
+    /// Attempts under way, and leases being given back.
+    tasks: JoinSet<()>,
+    /// The claim under way, with the number asked for and when it started.
+    claiming: Option<(JoinHandle<ClaimResult>, usize, Instant)>,
+    /// Whether a claim may find something. False once a claim came back
+    /// short, until a wake-up, a retry coming due or the poll.
+    maybe_due: bool,
+    /// When to claim again although nothing woke us (the slow poll).
+    poll_at: Instant,
+}
+
+impl Worker {
+    /// Sends what breaker and flow control allow, starts a claim if the
+    /// queue runs low, then sleeps until something changes.
+    async fn step(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+        let stale = self.queue.take_stale(Instant::now());
+        self.give_back(stale);
+        let send_at = self.send_ready();
+        let claim_at = self.claim_if_low();
+        self.wait([send_at, claim_at].into_iter().flatten().min())
+            .await;
     }
+
+    /// Sends queued deliveries while breaker and flow control allow.
+    /// Returns when sending may resume, if a timer says so (else an event
+    /// will: a finished attempt, a settings change).
+    fn send_ready(&mut self) -> Option<Instant> {
+        while !self.queue.is_empty() {
+            let (want, probe) = match self.target.breaker.permit() {
+                Permit::Go => (self.queue.len(), false),
+                Permit::Probe => (1, true),
+                Permit::Wait(until) => {
+                    if until.is_some() {
+                        // Open: nothing goes out before the cool-down ends;
+                        // let the queued deliveries go back to the outbox.
+                        let queued = self.queue.take_all();
+                        self.give_back(queued);
+                    }
+                    return until;
+                }
+            };
+            match self.target.flow.take(want) {
+                Ok(granted) => {
+                    for delivery in std::iter::from_fn(|| self.queue.pop()).take(granted) {
+                        let target = Arc::clone(&self.target);
+                        let records = self.settings.records.clone();
+                        self.tasks.spawn(attempt(target, delivery, records));
+                    }
+                }
+                Err(blocked) => {
+                    if probe {
+                        self.target.breaker.return_probe();
+                    }
+                    return match blocked {
+                        Blocked::Until(at) => Some(at),
+                        Blocked::Full => None,
+                        Blocked::Stopped => {
+                            let queued = self.queue.take_all();
+                            self.give_back(queued);
+                            None
+                        }
+                    };
+                }
+            }
+            if probe {
+                // Nothing more until the probe's result is in.
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Starts a claim when the queue holds less than one batch and a claim
+    /// may find something the breaker and flow control would let out.
+    /// Returns when the breaker will allow one, if it does not now.
+    fn claim_if_low(&mut self) -> Option<Instant> {
+        if self.claiming.is_some() {
+            return None;
+        }
+        let flow = self.target.flow.settings();
+        let blocked = match self.target.breaker.peek() {
+            Err(until) => Some(until),
+            Ok(()) if flow.paused || flow.per_second <= 0.0 => Some(None),
+            Ok(()) => None,
+        };
+        if let Some(until) = blocked {
+            // Rows may come due meanwhile, unannounced (a retry's time, an
+            // expired lease): look as soon as sending may resume.
+            self.maybe_due = true;
+            return until;
+        }
+        if !self.maybe_due {
+            return None;
+        }
+        let limit = match self.target.breaker.state() {
+            // At most a second's worth of sends, so that a slow rate does
+            // not hold leases on more than it can send before they end.
+            BreakerState::Closed => self
+                .settings
+                .claim_batch
+                .min(flow.per_second.ceil() as usize)
+                .max(1),
+            // Enough for the probe.
+            _ => 1,
+        };
+        if self.queue.len() >= limit {
+            return None;
+        }
+        let batch = self.queue.room(limit, QUEUE_BYTES_MAX);
+        if batch == 0 {
+            return None;
+        }
+        let started = Instant::now();
+        let claim = claim(
+            self.settings.pool.clone(),
+            Arc::clone(&self.target),
+            self.settings.owner.clone(),
+            self.settings.lease,
+            batch,
+        );
+        self.claiming = Some((tokio::spawn(claim), batch, started));
+        None
+    }
+
+    /// Sleeps until `until`, a claim's result, a wake-up, a finished
+    /// attempt or settings change, a retry coming due, the poll, or shutdown.
+    async fn wait(&mut self, until: Option<Instant>) {
+        let due = *self.target.next_due.lock().expect("next_due lock");
+        let mut deadline = [until, due].into_iter().flatten().min();
+        if !self.maybe_due {
+            deadline = Some(deadline.map_or(self.poll_at, |d| d.min(self.poll_at)));
+        }
+        let sleep = async {
+            match deadline {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let claimed = async {
+            match self.claiming.as_mut() {
+                Some((handle, _, _)) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.settings.cancel.cancelled() => {}
+            claimed = claimed => self.claimed(claimed.unwrap_or_else(|e| Err(e.to_string()))),
+            () = self.target.wake.notified() => self.maybe_due = true,
+            () = self.target.flow.changed() => {}
+            () = sleep => {}
+        }
+        let now = Instant::now();
+        if !self.maybe_due && self.poll_at <= now {
+            self.maybe_due = true;
+        }
+        let mut next_due = self.target.next_due.lock().expect("next_due lock");
+        if next_due.is_some_and(|at| at <= now) {
+            *next_due = None;
+            self.maybe_due = true;
+        }
+    }
+
+    fn claimed(&mut self, result: ClaimResult) {
+        let Some((_, asked, started)) = self.claiming.take() else {
+            return;
+        };
+        match result {
+            Ok(claimed) => {
+                self.maybe_due = claimed.len() >= asked;
+                if !self.maybe_due {
+                    self.poll_at = Instant::now() + self.settings.poll;
+                }
+                // Half the margin is left for recording the outcome.
+                let send_by = started + self.settings.lease_margin / 2;
+                self.queue.extend(claimed, send_by);
+            }
+            Err(e) => {
+                tracing::warn!(route = %self.target.route, target_name = %self.target.name, error = %e, "cannot claim deliveries; retrying in a second");
+                self.maybe_due = false;
+                self.poll_at = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// Frees the leases of claimed deliveries that will not be sent, in
+    /// the background. If that fails, the leases run out on their own.
+    fn give_back(&mut self, message_ids: Vec<Uuid>) {
+        if message_ids.is_empty() {
+            return;
+        }
+        let pool = self.settings.pool.clone();
+        let target = Arc::clone(&self.target);
+        let owner = self.settings.owner.clone();
+        self.tasks.spawn(async move {
+            let released = async {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                release_leases(&client, &message_ids, &target.name, &owner)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let error = match tokio::time::timeout(Duration::from_secs(10), released).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e,
+                Err(_) => "timed out".to_owned(),
+            };
+            tracing::warn!(route = %target.route, target_name = %target.name, deliveries = message_ids.len(), error = %error,
+                "cannot give back unsent deliveries; they are claimable again when their lease runs out");
+        });
+    }
+
+    /// Gives back what was claimed and not sent, then lets the attempts in
+    /// flight finish (each bounded by the route's timeout) so that their
+    /// outcomes are recorded before the recorder stops.
+    async fn shut_down(mut self) {
+        if let Some((handle, _, _)) = self.claiming.take()
+            && let Ok(Ok(claimed)) = handle.await
+        {
+            self.queue.extend(claimed, Instant::now());
+        }
+        let queued = self.queue.take_all();
+        self.give_back(queued);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn claim(
+    pool: Pool,
+    target: Arc<Target>,
+    owner: Arc<str>,
+    lease: Duration,
+    limit: usize,
+) -> ClaimResult {
     let claimed = async {
-        let client = settings.pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| e.to_string())?;
         claim_due(
             &client,
             &target.route,
             &target.name,
             limit as i64,
-            &settings.owner,
-            settings.lease,
+            &owner,
+            lease,
         )
         .await
         .map_err(|e| e.to_string())
     };
-    match tokio::time::timeout(Duration::from_secs(10), claimed).await {
-        Ok(Ok(claimed)) => claimed,
-        Ok(Err(e)) => {
-            tracing::warn!(route = %target.route, target_name = %target.name, error = %e, "cannot claim deliveries; retrying");
-            backoff_on_error(settings).await;
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::warn!(route = %target.route, target_name = %target.name, "claiming deliveries timed out; retrying");
-            Vec::new()
-        }
-    }
+    tokio::time::timeout(Duration::from_secs(10), claimed)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
 }
 
-async fn backoff_on_error(settings: &DispatchSettings) {
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        () = settings.cancel.cancelled() => {}
-    }
-}
-
-/// Sleeps until `until`, a wake-up, a scheduled retry, the poll interval or
-/// shutdown, whichever is first.
-async fn idle(target: &Target, settings: &DispatchSettings, until: Option<Instant>) {
-    let poll = Instant::now() + settings.poll;
-    let due = target.next_due.lock().expect("next_due lock").take();
-    let deadline = [until, due].into_iter().flatten().fold(poll, Instant::min);
-    tokio::select! {
-        () = target.wake.notified() => {}
-        () = target.flow.changed() => {}
-        () = sleep_until(deadline) => {}
-        () = settings.cancel.cancelled() => {}
-    }
-    if let Some(due) = due
-        && due > Instant::now()
-    {
-        // Not reached yet: keep it for the next sleep.
-        let mut next = target.next_due.lock().expect("next_due lock");
-        *next = Some(next.map_or(due, |n| n.min(due)));
-    }
-}
-
-async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::Sender<Record>) {
+async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::Sender<Outcome>) {
     let started = Instant::now();
     let result = target.forwarder.send(&delivery).await;
     let labels = [&*target.route, &*target.name];
@@ -180,7 +361,7 @@ async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
         }
         Fate::RetryIn { delay, error, .. } => {
             tracing::debug!(route = %target.route, target_name = %target.name, message_id = %delivery.message_id,
-                attempt = delivery.attempts, ?delay, error = %error, "attempt failed; retrying later");
+                attempt = delivery.attempt, ?delay, error = %error, "attempt failed; retrying later");
             let at = Instant::now() + *delay;
             let mut next = target.next_due.lock().expect("next_due lock");
             *next = Some(next.map_or(at, |n| n.min(at)));
@@ -188,7 +369,7 @@ async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
         }
         Fate::Dead { error, .. } => {
             tracing::warn!(route = %target.route, target_name = %target.name, message_id = %delivery.message_id,
-                attempts = delivery.attempts, error = %error, "delivery dead-lettered; replay it from the admin API once fixed");
+                attempts = delivery.attempt, error = %error, "delivery dead-lettered; replay it from the admin API once fixed");
             "dead"
         }
     };
@@ -197,9 +378,11 @@ async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
         .deliveries
         .with_label_values(&[&*target.route, &*target.name, outcome])
         .inc();
-    let record = Record {
+    let record = Outcome {
         message_id: delivery.message_id,
         target: Arc::clone(&target.name),
+        attempt: delivery.attempt,
+        sole_target: target.sole_target,
         fate,
     };
     // Waits while the recorder is behind (the database is slow): back-pressure.

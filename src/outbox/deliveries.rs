@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::ClientWrapper;
+use std::sync::Arc;
+
+use deadpool_postgres::{ClientWrapper, GenericClient};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -15,7 +17,7 @@ use super::sql;
 pub struct ClaimedDelivery {
     pub message_id: Uuid,
     /// This attempt's number, from 1.
-    pub attempts: u32,
+    pub attempt: u32,
     pub method: String,
     pub path: String,
     pub query: Option<String>,
@@ -46,7 +48,7 @@ pub async fn claim_due(
         .into_iter()
         .map(|row| ClaimedDelivery {
             message_id: row.get(0),
-            attempts: row.get::<_, i32>(1).max(1) as u32,
+            attempt: row.get::<_, i32>(1).max(0) as u32 + 1,
             method: row.get(2),
             path: row.get(3),
             query: row.get(4),
@@ -89,10 +91,36 @@ impl Keys {
     }
 }
 
-/// Failed deliveries with their delay (retries only), status and error.
+/// Frees the leases of claimed deliveries of `target` that were not sent.
+pub async fn release_leases(
+    client: &ClientWrapper,
+    message_ids: &[Uuid],
+    target: &str,
+    owner: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let targets = vec![target; message_ids.len()];
+    client
+        .execute(sql::RELEASE_LEASES, &[&message_ids, &targets, &owner])
+        .await
+}
+
+/// Puts up to `limit` deliveries whose lease ran out back to pending;
+/// returns the route of each.
+pub async fn sweep_expired_leases(
+    client: &ClientWrapper,
+    limit: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql::SWEEP_EXPIRED_LEASES).await?;
+    let rows = client.query(&statement, &[&limit]).await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// Failed deliveries with the attempt made, their delay (retries only),
+/// status and error.
 #[derive(Debug, Default)]
 struct Failures {
     keys: Keys,
+    attempts: Vec<i32>,
     delays_s: Vec<f64>,
     statuses: Vec<Option<i16>>,
     errors: Vec<String>,
@@ -103,43 +131,75 @@ impl Failures {
         &mut self,
         message_id: Uuid,
         target: &str,
+        attempt: u32,
         delay: Duration,
         status: Option<u16>,
         error: String,
     ) {
         self.keys.push(message_id, target);
+        self.attempts.push(attempt.min(i32::MAX as u32) as i32);
         self.delays_s.push(delay.as_secs_f64());
         self.statuses.push(status.map(|s| s as i16));
         self.errors.push(error);
     }
 }
 
+/// One attempt's outcome, on its way to the database.
+#[derive(Debug)]
+pub struct Outcome {
+    pub message_id: Uuid,
+    pub target: Arc<str>,
+    /// The attempt's number, from 1.
+    pub attempt: u32,
+    /// The target is its route's only one: a delivered message has no
+    /// other delivery to wait for, so it goes without locking.
+    pub sole_target: bool,
+    pub fate: Fate,
+}
+
 /// Outcomes gathered from many attempts, written in one transaction.
 #[derive(Debug, Default)]
 pub struct OutcomeBatch {
-    delivered: Keys,
+    /// Delivered to the only target of their route.
+    delivered_sole: Keys,
+    /// Delivered to one of several targets.
+    delivered_shared: Keys,
     retry: Failures,
     dead: Failures,
 }
 
 impl OutcomeBatch {
-    pub fn push(&mut self, message_id: Uuid, target: &str, fate: Fate) {
+    pub fn push(&mut self, outcome: Outcome) {
+        let Outcome {
+            message_id,
+            target,
+            attempt,
+            sole_target,
+            fate,
+        } = outcome;
+        let target = &*target;
         match fate {
-            Fate::Delivered => self.delivered.push(message_id, target),
+            Fate::Delivered if sole_target => self.delivered_sole.push(message_id, target),
+            Fate::Delivered => self.delivered_shared.push(message_id, target),
             Fate::RetryIn {
                 delay,
                 status,
                 error,
-            } => self.retry.push(message_id, target, delay, status, error),
+            } => self
+                .retry
+                .push(message_id, target, attempt, delay, status, error),
             Fate::Dead { status, error } => {
                 self.dead
-                    .push(message_id, target, Duration::ZERO, status, error)
+                    .push(message_id, target, attempt, Duration::ZERO, status, error)
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.delivered.ids.len() + self.retry.keys.ids.len() + self.dead.keys.ids.len()
+        self.delivered_sole.ids.len()
+            + self.delivered_shared.ids.len()
+            + self.retry.keys.ids.len()
+            + self.dead.keys.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,44 +210,69 @@ impl OutcomeBatch {
     /// longer holds (taken over after expiry) are left to their new owner.
     pub async fn write(
         &self,
-        client: &mut ClientWrapper,
+        client: &mut deadpool_postgres::Client,
         owner: &str,
     ) -> Result<(), tokio_postgres::Error> {
+        let sole = &self.delivered_sole;
+        let only_sole = self.len() == sole.ids.len();
+        if only_sole {
+            // One statement: its own transaction.
+            return delete_delivered_sole(client, sole, owner).await;
+        }
         let tx = client.transaction().await?;
-        let delivered = &self.delivered;
-        if !delivered.ids.is_empty() {
-            tx.execute(sql::LOCK_MESSAGES, &[&delivered.ids]).await?;
-            tx.execute(
-                sql::DELETE_DELIVERED,
-                &[&delivered.ids, &delivered.targets, &owner],
-            )
-            .await?;
-            tx.execute(sql::DELETE_FINISHED_MESSAGES, &[&delivered.ids])
+        if !sole.ids.is_empty() {
+            delete_delivered_sole(&tx, sole, owner).await?;
+        }
+        let shared = &self.delivered_shared;
+        if !shared.ids.is_empty() {
+            let lock = tx.prepare_cached(sql::LOCK_MESSAGES).await?;
+            tx.execute(&lock, &[&shared.ids]).await?;
+            let delete = tx.prepare_cached(sql::DELETE_DELIVERED).await?;
+            tx.execute(&delete, &[&shared.ids, &shared.targets, &owner])
                 .await?;
+            let finished = tx.prepare_cached(sql::DELETE_FINISHED_MESSAGES).await?;
+            tx.execute(&finished, &[&shared.ids]).await?;
         }
         let retry = &self.retry;
         if !retry.keys.ids.is_empty() {
-            let params: [&(dyn ToSql + Sync); 6] = [
+            let params: [&(dyn ToSql + Sync); 7] = [
                 &retry.keys.ids,
                 &retry.keys.targets,
+                &retry.attempts,
                 &retry.delays_s,
                 &retry.statuses,
                 &retry.errors,
                 &owner,
             ];
-            tx.execute(sql::SCHEDULE_RETRY, &params).await?;
+            let statement = tx.prepare_cached(sql::SCHEDULE_RETRY).await?;
+            tx.execute(&statement, &params).await?;
         }
         let dead = &self.dead;
         if !dead.keys.ids.is_empty() {
-            let params: [&(dyn ToSql + Sync); 5] = [
+            let params: [&(dyn ToSql + Sync); 6] = [
                 &dead.keys.ids,
                 &dead.keys.targets,
+                &dead.attempts,
                 &dead.statuses,
                 &dead.errors,
                 &owner,
             ];
-            tx.execute(sql::MARK_DEAD, &params).await?;
+            let statement = tx.prepare_cached(sql::MARK_DEAD).await?;
+            tx.execute(&statement, &params).await?;
         }
         tx.commit().await
     }
+}
+
+/// Deletes delivered rows of sole targets with their messages.
+async fn delete_delivered_sole(
+    client: &impl GenericClient,
+    delivered: &Keys,
+    owner: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql::DELETE_DELIVERED_SOLE).await?;
+    client
+        .execute(&statement, &[&delivered.ids, &delivered.targets, &owner])
+        .await?;
+    Ok(())
 }

@@ -14,6 +14,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "read_cache",
         include_str!("../../sql/0003_read_cache.sql"),
     ),
+    (
+        4,
+        "leased_state",
+        include_str!("../../sql/0004_leased_state.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

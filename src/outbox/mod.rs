@@ -11,7 +11,9 @@ pub mod sql;
 pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
-pub use deliveries::{ClaimedDelivery, Fate, OutcomeBatch, claim_due};
+pub use deliveries::{
+    ClaimedDelivery, Fate, Outcome, OutcomeBatch, claim_due, release_leases, sweep_expired_leases,
+};
 pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use pool::{DbError, connect_pool, heartbeat};

@@ -77,31 +77,32 @@ ON CONFLICT (owner) DO UPDATE SET beat_at = excluded.beat_at";
 
 /// Claims up to $3 due deliveries of one target for owner $4, for $5
 /// seconds, in one statement: `FOR UPDATE SKIP LOCKED` so that spools
-/// sharing the database never claim the same row, and an expired lease
-/// (a crashed spool's) is claimable again. A delivery with an ordering key
-/// is claimable only while no earlier pending delivery of that key and
-/// target exists: one at a time, in acceptance order, and a failing head
-/// holds back its own key only. The attempt count grows at claim time, so
-/// a crash mid-attempt still counts it.
+/// sharing the database never claim the same row, and the claimed rows
+/// become 'leased', which takes them out of the due index. A delivery with
+/// an ordering key is claimable only while no earlier delivery of that key
+/// and target is pending or leased: one at a time, in acceptance order, and
+/// a failing head holds back its own key only. Attempts are counted when
+/// their outcome is recorded (`attempts` here is how many went before), so
+/// deliveries claimed ahead of sending and given back unsent are not
+/// charged one; an attempt cut short by a crash is not counted either.
 pub const CLAIM_DUE: &str = "
 WITH due AS (
     SELECT d.ctid
     FROM spool_delivery d
     WHERE d.route = $1 AND d.target = $2 AND d.state = 'pending'
       AND d.next_attempt_at <= now()
-      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
       AND (d.ordering_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM spool_delivery h
             WHERE h.route = d.route AND h.target = d.target
               AND h.ordering_key = d.ordering_key
-              AND h.state = 'pending' AND h.seq < d.seq))
+              AND h.state IN ('pending', 'leased') AND h.seq < d.seq))
     ORDER BY d.next_attempt_at, d.seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
     UPDATE spool_delivery d
-    SET attempts = d.attempts + 1,
+    SET state = 'leased',
         lease_owner = $4,
         lease_expires_at = now() + make_interval(secs => $5)
     -- By row address: a plan that does not depend on the table's size.
@@ -113,6 +114,20 @@ SELECT c.message_id, c.attempts, m.method, m.path, m.query, m.headers::text, m.b
        EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s
 FROM claimed c
 JOIN spool_message m ON m.id = c.message_id";
+
+/// Puts deliveries whose lease ran out (their spool died or lost the
+/// database mid-attempt) back to pending, a bounded number at a time, and
+/// names the routes touched so that their dispatchers wake.
+pub const SWEEP_EXPIRED_LEASES: &str = "
+UPDATE spool_delivery d
+SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE d.ctid = ANY (ARRAY(
+    SELECT ctid FROM spool_delivery
+    WHERE state = 'leased' AND lease_expires_at <= now()
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED))
+  AND d.state = 'leased'
+RETURNING d.route";
 
 /// Locks the messages whose deliveries are being completed, in id order,
 /// so that two targets finishing one message at once cannot both miss
@@ -126,31 +141,60 @@ DELETE FROM spool_delivery d
 USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
 WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
 
+/// Removes delivered rows still leased by owner $3, of targets that are
+/// their route's only one, and their messages in the same statement. The
+/// check for another delivery (a route that had more targets when the
+/// message was accepted) sees the rows as they were before this statement,
+/// so it looks for other targets only.
+pub const DELETE_DELIVERED_SOLE: &str = "
+WITH gone AS (
+    DELETE FROM spool_delivery d
+    USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
+    WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3
+    RETURNING d.message_id, d.target
+)
+DELETE FROM spool_message m
+USING gone
+WHERE m.id = gone.message_id
+  AND NOT EXISTS (SELECT 1 FROM spool_delivery o
+                  WHERE o.message_id = m.id AND o.target <> gone.target)";
+
 /// Removes messages none of whose deliveries is left (delivered or deleted).
 pub const DELETE_FINISHED_MESSAGES: &str = "
 DELETE FROM spool_message m
 WHERE m.id = ANY($1)
   AND NOT EXISTS (SELECT 1 FROM spool_delivery d WHERE d.message_id = m.id)";
 
-/// Schedules the next attempt $4 seconds from now and frees the lease.
+/// Frees the leases of claimed deliveries that were never sent (shutdown,
+/// an open breaker, a paused target), so that any spool may take them now
+/// rather than when the lease runs out.
+pub const RELEASE_LEASES: &str = "
+UPDATE spool_delivery d
+SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::uuid[], $2::text[]) AS r (message_id, target)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
+
+/// Schedules the next attempt `delay_s` from now, counts the attempt made
+/// and frees the lease.
 pub const SCHEDULE_RETRY: &str = "
 UPDATE spool_delivery d
-SET next_attempt_at = now() + make_interval(secs => r.delay_s),
-    last_status = r.status, last_error = r.error,
+SET state = 'pending', next_attempt_at = now() + make_interval(secs => r.delay_s),
+    attempts = r.attempt, last_status = r.status, last_error = r.error,
     lease_owner = NULL, lease_expires_at = NULL
-FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int2[], $5::text[])
-    AS r (message_id, target, delay_s, status, error)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $6";
+FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[], $5::int2[], $6::text[])
+    AS r (message_id, target, attempt, delay_s, status, error)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $7";
 
-/// Turns deliveries into dead letters, keeping the last status and error.
+/// Turns deliveries into dead letters, keeping the attempt count, the last
+/// status and error.
 pub const MARK_DEAD: &str = "
 UPDATE spool_delivery d
 SET state = 'dead', dead_at = now(),
-    last_status = r.status, last_error = r.error,
+    attempts = r.attempt, last_status = r.status, last_error = r.error,
     lease_owner = NULL, lease_expires_at = NULL
-FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[])
-    AS r (message_id, target, status, error)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $5";
+FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int2[], $5::text[])
+    AS r (message_id, target, attempt, status, error)
+WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $6";
 
 /// Dead letters, newest first, filtered by route and target when given,
 /// paged by (dead_at, message_id, target) of the last row seen.
