@@ -94,7 +94,7 @@ struct Args {
     #[arg(long, env = "BENCH_CONCURRENCY", default_value_t = 64)]
     concurrency: usize,
     /// spool's dispatch.claim_batch.
-    #[arg(long, env = "BENCH_CLAIM_BATCH", default_value_t = 64)]
+    #[arg(long, env = "BENCH_CLAIM_BATCH", default_value_t = 256)]
     claim_batch: usize,
     /// The small backlog, drained completely in each round.
     #[arg(long, default_value_t = 10_000)]

@@ -131,7 +131,8 @@ impl IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchConfig {
-    /// Most deliveries one target's dispatcher claims at once.
+    /// Most deliveries one target's dispatcher claims at once; it keeps up
+    /// to about twice this many claimed ahead of sending.
     pub claim_batch: usize,
     /// The slow poll behind LISTEN/NOTIFY wake-ups.
     pub poll_interval_ms: u64,
@@ -145,7 +146,7 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
-            claim_batch: 64,
+            claim_batch: 256,
             poll_interval_ms: 1_000,
             lease_margin_ms: 10_000,
             record_batch_max: 512,

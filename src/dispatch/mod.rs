@@ -92,7 +92,7 @@ impl Dispatcher {
                     )),
                     wake: wakeups.register(&route.name),
                     next_due: Mutex::new(None),
-                    metrics: Arc::clone(&metrics),
+                    metrics: metrics.target(&route.name, &target.name),
                 }));
             }
         }

@@ -97,6 +97,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::outbox::ClaimPosition;
 
     fn delivery(n: u128) -> ClaimedDelivery {
         sized(n, 0)
@@ -115,6 +116,11 @@ mod tests {
             traceparent: None,
             tracestate: None,
             age: Duration::ZERO,
+            position: ClaimPosition {
+                due_at: std::time::SystemTime::UNIX_EPOCH,
+                seq: n as i64,
+            },
+            keyed: false,
         }
     }
 

@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use uuid::Uuid;
 
-use super::attempt::judge;
+use super::attempt;
 use super::forward::Forwarder;
 use super::queue::ClaimQueue;
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::flow::{Blocked, FlowControl};
-use crate::outbox::{ClaimedDelivery, Fate, Outcome, claim_due, release_leases};
+use crate::outbox::{ClaimPosition, ClaimedDelivery, Outcome, claim_due, release_leases};
 use crate::retry::RetryPolicy;
-use crate::telemetry::Metrics;
+use crate::telemetry::TargetMetrics;
 
 /// Everything one target's dispatcher and its attempts share.
 pub struct Target {
@@ -36,7 +36,7 @@ pub struct Target {
     pub wake: Arc<Notify>,
     /// Earliest retry this spool scheduled and has not claimed yet.
     pub next_due: Mutex<Option<Instant>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: TargetMetrics,
 }
 
 /// Settings every dispatcher shares.
@@ -67,6 +67,8 @@ pub async fn run(target: Arc<Target>, settings: DispatchSettings) {
         claiming: None,
         maybe_due: true,
         poll_at: now,
+        cursor: None,
+        full_scan_at: now,
     };
     while !worker.settings.cancel.is_cancelled() {
         worker.step().await;
@@ -90,6 +92,12 @@ struct Worker {
     maybe_due: bool,
     /// When to claim again although nothing woke us (the slow poll).
     poll_at: Instant,
+    /// Where the last full batch ended: the next claim starts after it, not
+    /// at the head, where entries of delivered rows linger until vacuum.
+    cursor: Option<ClaimPosition>,
+    /// When the next claim scans from the head anyway, for what came due
+    /// behind the cursor: a late commit, a swept lease, a replay.
+    full_scan_at: Instant,
 }
 
 impl Worker {
@@ -128,7 +136,7 @@ impl Worker {
                     for delivery in std::iter::from_fn(|| self.queue.pop()).take(granted) {
                         let target = Arc::clone(&self.target);
                         let records = self.settings.records.clone();
-                        self.tasks.spawn(attempt(target, delivery, records));
+                        self.tasks.spawn(attempt::run(target, delivery, records));
                     }
                 }
                 Err(blocked) => {
@@ -195,12 +203,19 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
+        if started >= self.full_scan_at {
+            self.cursor = None;
+        }
+        if self.cursor.is_none() {
+            self.full_scan_at = started + self.settings.poll;
+        }
         let claim = claim(
             self.settings.pool.clone(),
             Arc::clone(&self.target),
             self.settings.owner.clone(),
             self.settings.lease,
             batch,
+            self.cursor,
         );
         self.claiming = Some((tokio::spawn(claim), batch, started));
         None
@@ -240,8 +255,10 @@ impl Worker {
         }
         let mut next_due = self.target.next_due.lock().expect("next_due lock");
         if next_due.is_some_and(|at| at <= now) {
+            // A retry may come due behind the cursor.
             *next_due = None;
             self.maybe_due = true;
+            self.cursor = None;
         }
     }
 
@@ -252,6 +269,14 @@ impl Worker {
         match result {
             Ok(claimed) => {
                 self.maybe_due = claimed.len() >= asked;
+                // After a key's head, the rest of the key is claimable only
+                // once it is delivered: a cursor would pass them by.
+                let keyed = claimed.iter().any(|d| d.keyed);
+                self.cursor = if self.maybe_due && !keyed {
+                    claimed.iter().map(|d| d.position).max()
+                } else {
+                    None
+                };
                 if !self.maybe_due {
                     self.poll_at = Instant::now() + self.settings.poll;
                 }
@@ -262,6 +287,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(route = %self.target.route, target_name = %self.target.name, error = %e, "cannot claim deliveries; retrying in a second");
                 self.maybe_due = false;
+                self.cursor = None;
                 self.poll_at = Instant::now() + Duration::from_secs(1);
             }
         }
@@ -273,6 +299,8 @@ impl Worker {
         if message_ids.is_empty() {
             return;
         }
+        // They keep their place in the claim order, behind the cursor.
+        self.cursor = None;
         let pool = self.settings.pool.clone();
         let target = Arc::clone(&self.target);
         let owner = self.settings.owner.clone();
@@ -314,6 +342,7 @@ async fn claim(
     owner: Arc<str>,
     lease: Duration,
     limit: usize,
+    after: Option<ClaimPosition>,
 ) -> ClaimResult {
     let claimed = async {
         let client = pool.get().await.map_err(|e| e.to_string())?;
@@ -324,6 +353,7 @@ async fn claim(
             limit as i64,
             &owner,
             lease,
+            after,
         )
         .await
         .map_err(|e| e.to_string())
@@ -331,61 +361,4 @@ async fn claim(
     tokio::time::timeout(Duration::from_secs(10), claimed)
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
-}
-
-async fn attempt(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::Sender<Outcome>) {
-    let started = Instant::now();
-    let result = target.forwarder.send(&delivery).await;
-    let labels = [&*target.route, &*target.name];
-    target
-        .metrics
-        .attempt_seconds
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    let (verdict, fate) = judge(&target.policy, &delivery, result);
-    if let Some(state) = target.breaker.record(verdict) {
-        target
-            .metrics
-            .breaker_state
-            .with_label_values(&labels)
-            .set(state.as_gauge());
-    }
-    let outcome = match &fate {
-        Fate::Delivered => {
-            target
-                .metrics
-                .delivery_lag_seconds
-                .with_label_values(&labels)
-                .observe((delivery.age + started.elapsed()).as_secs_f64());
-            "delivered"
-        }
-        Fate::RetryIn { delay, error, .. } => {
-            tracing::debug!(route = %target.route, target_name = %target.name, message_id = %delivery.message_id,
-                attempt = delivery.attempt, ?delay, error = %error, "attempt failed; retrying later");
-            let at = Instant::now() + *delay;
-            let mut next = target.next_due.lock().expect("next_due lock");
-            *next = Some(next.map_or(at, |n| n.min(at)));
-            "retry"
-        }
-        Fate::Dead { error, .. } => {
-            tracing::warn!(route = %target.route, target_name = %target.name, message_id = %delivery.message_id,
-                attempts = delivery.attempt, error = %error, "delivery dead-lettered; replay it from the admin API once fixed");
-            "dead"
-        }
-    };
-    target
-        .metrics
-        .deliveries
-        .with_label_values(&[&*target.route, &*target.name, outcome])
-        .inc();
-    let record = Outcome {
-        message_id: delivery.message_id,
-        target: Arc::clone(&target.name),
-        attempt: delivery.attempt,
-        sole_target: target.sole_target,
-        fate,
-    };
-    // Waits while the recorder is behind (the database is slow): back-pressure.
-    let _ = records.send(record).await;
-    target.flow.finished();
 }

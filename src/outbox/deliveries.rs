@@ -1,10 +1,10 @@
 //! Deliveries: claiming due ones under a lease, recording what became of
 //! each attempt, and the dead-letter store.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, GenericClient};
 use tokio_postgres::types::ToSql;
@@ -28,9 +28,21 @@ pub struct ClaimedDelivery {
     pub tracestate: Option<String>,
     /// Time since the write was accepted.
     pub age: Duration,
+    /// Where it stood in the claim order.
+    pub position: ClaimPosition,
+    /// It has an ordering key.
+    pub keyed: bool,
 }
 
-/// Claims up to `limit` due deliveries of (route, target) for `owner`.
+/// A place in a target's claim order: due time, then acceptance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimPosition {
+    pub due_at: SystemTime,
+    pub seq: i64,
+}
+
+/// Claims up to `limit` due deliveries of (route, target) for `owner`,
+/// only those past `after` when it is given.
 pub async fn claim_due(
     client: &ClientWrapper,
     route: &str,
@@ -38,12 +50,30 @@ pub async fn claim_due(
     limit: i64,
     owner: &str,
     lease: Duration,
+    after: Option<ClaimPosition>,
 ) -> Result<Vec<ClaimedDelivery>, tokio_postgres::Error> {
-    let statement = client.prepare_cached(sql::CLAIM_DUE).await?;
     let lease_s = lease.as_secs_f64();
-    let rows = client
-        .query(&statement, &[&route, &target, &limit, &owner, &lease_s])
-        .await?;
+    let rows = match after {
+        None => {
+            let statement = client.prepare_cached(sql::CLAIM_DUE).await?;
+            client
+                .query(&statement, &[&route, &target, &limit, &owner, &lease_s])
+                .await?
+        }
+        Some(after) => {
+            let statement = client.prepare_cached(sql::CLAIM_DUE_AFTER).await?;
+            let params: [&(dyn ToSql + Sync); 7] = [
+                &route,
+                &target,
+                &limit,
+                &owner,
+                &lease_s,
+                &after.due_at,
+                &after.seq,
+            ];
+            client.query(&statement, &params).await?
+        }
+    };
     Ok(rows
         .into_iter()
         .map(|row| ClaimedDelivery {
@@ -58,6 +88,11 @@ pub async fn claim_due(
             traceparent: row.get(8),
             tracestate: row.get(9),
             age: Duration::from_secs_f64(row.get::<_, f64>(10).max(0.0)),
+            position: ClaimPosition {
+                due_at: row.get(11),
+                seq: row.get(12),
+            },
+            keyed: row.get(13),
         })
         .collect())
 }

@@ -12,7 +12,8 @@ pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
 pub use deliveries::{
-    ClaimedDelivery, Fate, Outcome, OutcomeBatch, claim_due, release_leases, sweep_expired_leases,
+    ClaimPosition, ClaimedDelivery, Fate, Outcome, OutcomeBatch, claim_due, release_leases,
+    sweep_expired_leases,
 };
 pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};

@@ -85,12 +85,18 @@ ON CONFLICT (owner) DO UPDATE SET beat_at = excluded.beat_at";
 /// their outcome is recorded (`attempts` here is how many went before), so
 /// deliveries claimed ahead of sending and given back unsent are not
 /// charged one; an attempt cut short by a crash is not counted either.
-pub const CLAIM_DUE: &str = "
+/// `$after` narrows the scan to rows past a position in the claim order.
+macro_rules! claim_due {
+    ($after:literal) => {
+        concat!(
+            "
 WITH due AS (
     SELECT d.ctid
     FROM spool_delivery d
     WHERE d.route = $1 AND d.target = $2 AND d.state = 'pending'
-      AND d.next_attempt_at <= now()
+      AND d.next_attempt_at <= now()",
+            $after,
+            "
       AND (d.ordering_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM spool_delivery h
             WHERE h.route = d.route AND h.target = d.target
@@ -107,13 +113,29 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => $5)
     -- By row address: a plan that does not depend on the table's size.
     WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM due))
-    RETURNING d.message_id, d.attempts
+    RETURNING d.message_id, d.attempts, d.next_attempt_at, d.seq,
+              d.ordering_key IS NOT NULL AS keyed
 )
 SELECT c.message_id, c.attempts, m.method, m.path, m.query, m.headers::text, m.body,
        m.idempotency_key, m.traceparent, m.tracestate,
-       EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s
+       EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s,
+       c.next_attempt_at, c.seq, c.keyed
 FROM claimed c
-JOIN spool_message m ON m.id = c.message_id";
+JOIN spool_message m ON m.id = c.message_id"
+        )
+    };
+}
+
+/// The claim from the head of the target's due deliveries.
+pub const CLAIM_DUE: &str = claim_due!("");
+
+/// The claim after position ($6, $7): the scan starts there instead of at
+/// the head, where the index entries of delivered rows linger until
+/// vacuum and every claim would walk past them.
+pub const CLAIM_DUE_AFTER: &str = claim_due!(
+    "
+      AND (d.next_attempt_at, d.seq) > ($6, $7)"
+);
 
 /// Puts deliveries whose lease ran out (their spool died or lost the
 /// database mid-attempt) back to pending, a bounded number at a time, and

@@ -4,4 +4,4 @@ mod logging;
 mod metrics;
 
 pub use logging::init_logging;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, TargetMetrics};
