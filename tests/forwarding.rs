@@ -519,3 +519,52 @@ async fn a_redirect_is_not_followed() {
     assert!(elsewhere.received().is_empty(), "the redirect was followed");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
+    // Small full batches keep the dispatcher claiming after its cursor.
+    let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(10), 200)).await;
+    let extra = "  [routes.rate]\n  concurrency = 2\n";
+    let rest = route("orders", &[("t", &target)], extra);
+    let env = TestEnv::start_config(|url| {
+        support::base_config(url, &rest).replace("[dispatch]\n", "[dispatch]\nclaim_batch = 4\n")
+    })
+    .await;
+    let flow = env
+        .spool
+        .as_ref()
+        .unwrap()
+        .target("orders", "t")
+        .unwrap()
+        .flow;
+    flow.set_paused(true);
+    let mut last = None;
+    for i in 0..300 {
+        let reply = env.client.post("/orders/x", format!("{i}")).await;
+        assert_eq!(reply.status, 202);
+        last = Some(reply.id());
+    }
+    let last = last.unwrap();
+    flow.set_paused(false);
+    assert_eventually!(target.received().len() >= 20);
+    // The newest write now sorts first, as a late commit or a delivery
+    // given back by another spool would: behind where claims start.
+    let client = env.pg.client().await;
+    let moved = client
+        .execute(
+            "UPDATE spool_delivery SET next_attempt_at = now() - interval '1 hour'
+             WHERE message_id = $1 AND state = 'pending'",
+            &[&last],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "the newest write was claimed already");
+    assert_eventually!(ids_received(&target).contains(&last));
+    let delivered = target.received().len();
+    assert!(
+        delivered < 200,
+        "found only after {delivered} of 300: when the backlog ran out, not within a poll"
+    );
+    assert_eventually!(target.received().len() >= 300, Duration::from_secs(20));
+    env.stop().await;
+}

@@ -144,7 +144,11 @@ impl Dispatcher {
         background.spawn(lease_sweep::run(
             pool.clone(),
             Arc::clone(&wakeups),
-            Duration::from_millis(dispatch.poll_interval_ms),
+            // A sweep walks past the index entries of rows delivered since
+            // the last vacuum: tens of milliseconds' work on a busy
+            // table, so not every poll. Leases run out a margin after the
+            // slowest attempt; sweeping twice per margin is soon enough.
+            Duration::from_millis(dispatch.lease_margin_ms / 2),
             cancel.clone(),
         ));
         background.spawn(wakeup::announce(Arc::clone(&wakeups), pool, cancel.clone()));

@@ -83,7 +83,8 @@ impl TestEnv {
         Self::start_config(|url| base_config(url, rest)).await
     }
 
-    async fn start_config(text: impl FnOnce(&str) -> String) -> Self {
+    /// A spool whose whole config is `text(url)`.
+    pub async fn start_config(text: impl FnOnce(&str) -> String) -> Self {
         let pg = TestPg::start().await;
         let config = spool::config::from_toml(&text(&pg.url)).expect("test config is valid");
         let spool = spool::Spool::start(config).await.expect("spool starts");
