@@ -1195,6 +1195,22 @@ fn print_cpu(args: &Args, r: &Report, small: &Drain) {
         "wrk window: sink {:.1} µs/request",
         r.wrk.cpu.sink / 100.0 / r.wrk.sink_per_second * 1e6
     );
+    // What the CPU bounds it at: if spool, Postgres and the sink had every
+    // core to themselves at their measured cost per delivery.
+    let large = &r.large;
+    let cpu = &large.cpu;
+    let per_delivery = large.micros_per_delivery(cpu.spool)
+        + large.micros_per_delivery(cpu.pg_backends + cpu.pg_background)
+        + large.micros_per_delivery(cpu.sink);
+    let ceiling = cores() as f64 * 1e6 / per_delivery.max(f64::MIN_POSITIVE);
+    println!(
+        "CPU ceiling ({} backlog): {} cores / {:.0} µs per delivery = {:.0}/s, {:.2} of wrk's rate",
+        thousands(large.backlog),
+        cores(),
+        per_delivery,
+        ceiling,
+        ceiling / r.wrk.per_second.max(f64::MIN_POSITIVE)
+    );
 }
 
 /// Nothing but spool, its sink and Postgres should run in a spool window:
