@@ -115,7 +115,7 @@ impl FlowControl {
     }
 
     /// Takes up to `want` sends (bounded by free concurrency and tokens).
-    /// Each one granted must be given back with `finished` or `unused`.
+    /// Each one granted must be given back with `finished`.
     pub fn take(&self, want: usize) -> Result<usize, Blocked> {
         let now = Instant::now();
         let mut bucket = self.bucket.lock().expect("flow lock");
@@ -137,17 +137,6 @@ impl FlowControl {
         bucket.tokens -= granted as f64;
         self.in_flight.fetch_add(granted, Ordering::Relaxed);
         Ok(granted)
-    }
-
-    /// Gives back sends that were taken but not used (nothing was due).
-    pub fn unused(&self, count: usize) {
-        if count == 0 {
-            return;
-        }
-        let mut bucket = self.bucket.lock().expect("flow lock");
-        bucket.tokens = (bucket.tokens + count as f64).min(f64::from(bucket.settings.burst));
-        drop(bucket);
-        self.in_flight.fetch_sub(count, Ordering::Relaxed);
     }
 
     /// An attempt finished: its concurrency slot is free again.
@@ -202,14 +191,5 @@ mod tests {
         flow.set_paused(false);
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(flow.take(1), Ok(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unused_sends_are_given_back() {
-        let flow = FlowControl::new(1.0, Some(2), 8);
-        assert_eq!(flow.take(2), Ok(2));
-        flow.unused(2);
-        assert_eq!(flow.in_flight(), 0);
-        assert_eq!(flow.take(2), Ok(2));
     }
 }
