@@ -331,7 +331,7 @@ async fn a_400_is_dead_lettered_at_once_and_a_replay_is_delivered() {
     assert_eventually!(db_count(&env, dead_sql).await == 1);
     assert_eq!(target.received().len(), 1, "a 400 is not retried");
 
-    let pool = spool::outbox::connect_pool(&env.pg.url, &Default::default()).unwrap();
+    let pool = env.pg.pool();
     let client = pool.get().await.unwrap();
     let query = spool::outbox::DeadLetterQuery {
         limit: 10,
@@ -382,7 +382,7 @@ async fn dead_letters_page_by_filter_and_can_be_deleted() {
         .await
             == 5
     );
-    let pool = spool::outbox::connect_pool(&env.pg.url, &Default::default()).unwrap();
+    let pool = env.pg.pool();
     let mut client = pool.get().await.unwrap();
     let mut query = spool::outbox::DeadLetterQuery {
         target: Some("t".into()),

@@ -57,6 +57,16 @@ fn configuration_errors_name_their_key() {
         ),
         ("", &[("SPOOL_LISTEN", "not-an-address")], "server.listen"),
         (
+            "[database]\nurl = \"postgres://u@db.example/x?sslmode=require\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            &[],
+            "database.ca_file",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:secret@db.example/x?sslmode=sometimes\"\n",
+            &[],
+            "database.url",
+        ),
+        (
             "",
             &[("SPOOL_ADMIN_LISTEN", "0.0.0.0:4001")],
             "server.admin_token",

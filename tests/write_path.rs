@@ -273,7 +273,7 @@ async fn expired_idempotency_keys_are_swept() {
     )
     .await
     .unwrap();
-    let pool = spool::outbox::connect_pool(&env.pg.url, &Default::default()).unwrap();
+    let pool = env.pg.pool();
     let deleted = spool::janitor::sweep(
         &pool,
         spool::outbox::sql::EXPIRE_IDEMPOTENCY_KEYS,

@@ -74,6 +74,9 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Bound on opening one connection.
     pub connect_timeout_ms: u64,
+    /// PEM file of CA certificates trusted for the database's certificate
+    /// (with `sslmode=require`), besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
@@ -84,6 +87,7 @@ impl Default for DatabaseConfig {
             embedded_bin_dir: None,
             pool_size: 16,
             connect_timeout_ms: 2_000,
+            ca_file: None,
         }
     }
 }

@@ -46,14 +46,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 
     let db = &config.database;
-    if let Some(url) = &db.url {
-        // The URL may hold a password: describe the problem, never echo it.
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            fail(
-                "database.url".into(),
-                format!("is not a valid Postgres URL: {e}"),
-            );
-        }
+    if let Some(url) = &db.url
+        && let Err(e) = crate::outbox::DbAddress::parse(url, db)
+    {
+        fail(e.key.into(), e.message);
     }
     let ingest = &config.ingest;
     if ingest.committers == 0 {

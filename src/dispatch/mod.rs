@@ -29,6 +29,7 @@ pub use wakeup::Wakeups;
 use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::flow::FlowControl;
+use crate::outbox::DbAddress;
 use crate::retry::RetryPolicy;
 use crate::telemetry::Metrics;
 
@@ -52,11 +53,11 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts a dispatcher for every target of every route, the recorder,
-    /// the LISTEN connection (on `url`) and the NOTIFY announcer.
+    /// the LISTEN connection (to `address`) and the NOTIFY announcer.
     pub fn start(
         config: &Config,
         pool: Pool,
-        url: String,
+        address: DbAddress,
         owner: &str,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -140,7 +141,11 @@ impl Dispatcher {
         }
         drop(settings);
         let mut background = JoinSet::new();
-        background.spawn(wakeup::listen(Arc::clone(&wakeups), url, cancel.clone()));
+        background.spawn(wakeup::listen(
+            Arc::clone(&wakeups),
+            address,
+            cancel.clone(),
+        ));
         background.spawn(lease_sweep::run(
             pool.clone(),
             Arc::clone(&wakeups),

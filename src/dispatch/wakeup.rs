@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
+
+use crate::outbox::DbAddress;
 
 /// The NOTIFY channel; the payload is a route name.
 pub const CHANNEL: &str = "spool_outbox";
@@ -102,11 +105,11 @@ pub async fn announce(wakeups: Arc<Wakeups>, pool: Pool, cancel: CancellationTok
 /// Holds a LISTEN connection and wakes dispatchers on each notification;
 /// reconnects after a failure and then wakes everyone, since notifications
 /// sent while it was away are lost.
-pub async fn listen(wakeups: Arc<Wakeups>, url: String, cancel: CancellationToken) {
+pub async fn listen(wakeups: Arc<Wakeups>, address: DbAddress, cancel: CancellationToken) {
     let mut first = true;
     loop {
         let result = tokio::select! {
-            result = listen_once(&wakeups, &url, &mut first) => result,
+            result = listen_once(&wakeups, &address, &mut first) => result,
             () = cancel.cancelled() => return,
         };
         if let Err(e) = result {
@@ -121,10 +124,31 @@ pub async fn listen(wakeups: Arc<Wakeups>, url: String, cancel: CancellationToke
 
 async fn listen_once(
     wakeups: &Wakeups,
-    url: &str,
+    address: &DbAddress,
     first: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    match &address.tls {
+        None => {
+            let (client, connection) = address.config.connect(NoTls).await?;
+            listen_on(wakeups, client, connection, first).await
+        }
+        Some(tls) => {
+            let (client, connection) = address.config.connect(tls.clone()).await?;
+            listen_on(wakeups, client, connection, first).await
+        }
+    }
+}
+
+async fn listen_on<S, T>(
+    wakeups: &Wakeups,
+    client: Client,
+    mut connection: Connection<S, T>,
+    first: &mut bool,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listening = client.batch_execute(&statement);

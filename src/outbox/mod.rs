@@ -8,6 +8,7 @@ mod migrate;
 mod outcomes;
 mod pool;
 pub mod sql;
+mod tls;
 
 pub use claims::{ClaimPosition, ClaimedDelivery, claim_due, release_leases, sweep_expired_leases};
 pub use dead_letters::{
@@ -17,3 +18,4 @@ pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};
 pub use pool::{DbError, connect_pool, heartbeat};
+pub use tls::{DbAddress, DbAddressError};

@@ -7,44 +7,42 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::NoTls;
 
 use super::sql;
+use super::tls::DbAddress;
 use crate::config::DatabaseConfig;
+use crate::upstream::error_chain;
 
 /// Why the outbox could not be used. `Timeout` covers a database that
 /// accepted the connection but stopped answering.
+/// Shown with every cause (tokio-postgres keeps them out of its message),
+/// so that an operator reads "invalid peer certificate: UnknownIssuer", not
+/// just "error performing TLS handshake".
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", error_chain(.0))]
     Pool(#[from] PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("invalid database.url: {0}")]
+    /// A configuration error, naming its key.
+    #[error("{0}")]
     Config(String),
 }
 
-/// Builds the pool for `url`. Connections are opened lazily, so this does not
-/// fail when Postgres is down; the first use does.
-pub fn connect_pool(url: &str, config: &DatabaseConfig) -> Result<Pool, DbError> {
-    let mut pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+/// Builds the pool for `address`. Connections are opened lazily, so this
+/// does not fail when Postgres is down; the first use does.
+pub fn connect_pool(address: &DbAddress, config: &DatabaseConfig) -> Result<Pool, DbError> {
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    pg.connect_timeout(timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(15));
-    if pg.get_application_name().is_none() {
-        pg.application_name("spool");
-    }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            // A dead connection shows as closed; a frozen one is caught by the
-            // callers' timeouts and discarded, so no test query per checkout.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    // A dead connection shows as closed; a frozen one is caught by the
+    // callers' timeouts and discarded, so no test query per checkout.
+    let recycling = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let pg = address.config.clone();
+    let manager = match &address.tls {
+        None => Manager::from_config(pg, NoTls, recycling()),
+        Some(tls) => Manager::from_config(pg, tls.clone(), recycling()),
+    };
     Pool::builder(manager)
         .max_size(config.pool_size)
         .runtime(Runtime::Tokio1)
@@ -52,7 +50,7 @@ pub fn connect_pool(url: &str, config: &DatabaseConfig) -> Result<Pool, DbError>
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .build()
-        .map_err(|e| DbError::Config(e.to_string()))
+        .map_err(|e| DbError::Config(format!("database pool: {e}")))
 }
 
 /// A committed write of the heartbeat row: the outbox is writable. A

@@ -69,14 +69,16 @@ impl Spool {
                 (pg.start().await?, Some(pg))
             }
         };
-        let pool = outbox::connect_pool(&url, &config.database)?;
+        let address = outbox::DbAddress::parse(&url, &config.database)
+            .map_err(|e| outbox::DbError::Config(e.to_string()))?;
+        let pool = outbox::connect_pool(&address, &config.database)?;
         migrate_with_patience(&pool).await?;
 
         let metrics = Arc::new(Metrics::new());
         let instance = instance_name();
         let owner = format!("{instance}/{}", uuid::Uuid::now_v7());
         let dispatcher =
-            Dispatcher::start(&config, pool.clone(), url, &owner, Arc::clone(&metrics));
+            Dispatcher::start(&config, pool.clone(), address, &owner, Arc::clone(&metrics));
         let (commit, committers) = GroupCommit::start(
             pool.clone(),
             &config.ingest,

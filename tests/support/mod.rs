@@ -85,7 +85,11 @@ impl TestEnv {
 
     /// A spool whose whole config is `text(url)`.
     pub async fn start_config(text: impl FnOnce(&str) -> String) -> Self {
-        let pg = TestPg::start().await;
+        Self::start_on(TestPg::start().await, text).await
+    }
+
+    /// A spool on `pg` whose whole config is `text(pg's url)`.
+    pub async fn start_on(pg: TestPg, text: impl FnOnce(&str) -> String) -> Self {
         let config = spool::config::from_toml(&text(&pg.url)).expect("test config is valid");
         let spool = spool::Spool::start(config).await.expect("spool starts");
         let client = TestClient::new(spool.data_addr, spool.admin_addr);

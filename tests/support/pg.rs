@@ -35,6 +35,13 @@ impl TestPg {
         client
     }
 
+    /// A pool as spool makes it, for calling the outbox's functions.
+    pub fn pool(&self) -> deadpool_postgres::Pool {
+        let database = spool::config::DatabaseConfig::default();
+        let address = spool::outbox::DbAddress::parse(&self.url, &database).unwrap();
+        spool::outbox::connect_pool(&address, &database).unwrap()
+    }
+
     /// One number from `sql` (a count, usually).
     pub async fn scalar(&self, sql: &str) -> i64 {
         self.client()
