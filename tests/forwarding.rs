@@ -568,3 +568,56 @@ async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
     assert_eventually!(target.received().len() >= 300, Duration::from_secs(20));
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_next_delivery_is_not_left_behind_by_a_backlog() {
+    let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(10), 200)).await;
+    let extra = "  [routes.rate]\n  concurrency = 2\n";
+    let rest = route("orders", &[("t", &target)], extra);
+    let env = TestEnv::start_config(|url| {
+        support::base_config(url, &rest).replace("[dispatch]\n", "[dispatch]\nclaim_batch = 4\n")
+    })
+    .await;
+    let flow = env
+        .spool
+        .as_ref()
+        .unwrap()
+        .target("orders", "t")
+        .unwrap()
+        .flow;
+    flow.set_paused(true);
+    let mut keyed = Vec::new();
+    for i in 0..600 {
+        let headers: &[(&str, &str)] = if i % 3 == 0 && keyed.len() < 10 {
+            &[("spool-ordering-key", "k")]
+        } else {
+            &[]
+        };
+        let reply = env
+            .client
+            .send(Method::POST, "/orders/x", headers, format!("{i}"))
+            .await;
+        assert_eq!(reply.status, 202);
+        if !headers.is_empty() {
+            keyed.push(reply.id());
+        }
+    }
+    flow.set_paused(false);
+    // Each of the key's deliveries becomes claimable only once the one
+    // before it is delivered, while the unkeyed backlog is being claimed.
+    assert_eventually!({
+        let received = ids_received(&target);
+        keyed.iter().all(|id| received.contains(id))
+    });
+    let delivered = target.received().len();
+    assert!(
+        delivered < 300,
+        "the key's 10 deliveries took until {delivered} of 600 were delivered"
+    );
+    let order: Vec<_> = ids_received(&target)
+        .into_iter()
+        .filter(|id| keyed.contains(id))
+        .collect();
+    assert_eq!(order, keyed, "the key's deliveries out of order");
+    env.stop().await;
+}

@@ -69,6 +69,7 @@ pub async fn run(target: Arc<Target>, settings: DispatchSettings) {
         poll_at: now,
         cursor: None,
         full_scan_at: now,
+        head_scans_until: now,
     };
     while !worker.settings.cancel.is_cancelled() {
         worker.step().await;
@@ -98,6 +99,10 @@ struct Worker {
     /// When the next claim scans from the head anyway, for what came due
     /// behind the cursor: a late commit, a swept lease, a replay.
     full_scan_at: Instant,
+    /// Until when every claim scans from the head, because ordering keys
+    /// are about: the next of a key becomes claimable only once its head is
+    /// delivered, long after a cursor has passed it by.
+    head_scans_until: Instant,
 }
 
 impl Worker {
@@ -203,7 +208,7 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        if started >= self.full_scan_at {
+        if started >= self.full_scan_at || started < self.head_scans_until {
             self.cursor = None;
         }
         if self.cursor.is_none() {
@@ -269,10 +274,10 @@ impl Worker {
         match result {
             Ok(claimed) => {
                 self.maybe_due = claimed.len() >= asked;
-                // After a key's head, the rest of the key is claimable only
-                // once it is delivered: a cursor would pass them by.
-                let keyed = claimed.iter().any(|d| d.keyed);
-                self.cursor = if self.maybe_due && !keyed {
+                if claimed.iter().any(|d| d.keyed) {
+                    self.head_scans_until = Instant::now() + self.settings.poll;
+                }
+                self.cursor = if self.maybe_due {
                     claimed.iter().map(|d| d.position).max()
                 } else {
                     None
