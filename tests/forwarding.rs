@@ -621,3 +621,51 @@ async fn a_keys_next_delivery_is_not_left_behind_by_a_backlog() {
     assert_eq!(order, keyed, "the key's deliveries out of order");
     env.stop().await;
 }
+
+/// The value of the series `name{route="orders",target="t"}` on /metrics.
+async fn target_metric(env: &TestEnv, name: &str) -> Option<f64> {
+    let text = env.client.admin_get("/metrics").await.body;
+    let series = format!("{name}{{route=\"orders\",target=\"t\"}} ");
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str())?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_its_oldest_age_and_dead_letters_are_metrics() {
+    let target =
+        FakeTarget::start(|r, _| Answer::Status(if r.body.as_ref() == b"bad" { 400 } else { 200 }))
+            .await;
+    let rest = route("orders", &[("t", &target)], "");
+    let env = TestEnv::start_config(|url| {
+        support::base_config(url, &rest)
+            .replace("[dispatch]\n", "[dispatch]\nbacklog_interval_ms = 100\n")
+    })
+    .await;
+    let flow = env
+        .spool
+        .as_ref()
+        .unwrap()
+        .target("orders", "t")
+        .unwrap()
+        .flow;
+    flow.set_paused(true);
+    for body in ["a", "b", "c", "d", "e", "bad"] {
+        assert_eq!(env.client.post("/orders/x", body).await.status, 202);
+    }
+    assert_eventually!(target_metric(&env, "spool_backlog").await == Some(6.0));
+    assert_eventually!(
+        target_metric(&env, "spool_oldest_pending_age_seconds")
+            .await
+            .is_some_and(|age| age >= 0.2)
+    );
+    assert_eq!(target_metric(&env, "spool_dead_letters").await, Some(0.0));
+    flow.set_paused(false);
+    assert_eventually!(target_metric(&env, "spool_dead_letters").await == Some(1.0));
+    assert_eventually!(target_metric(&env, "spool_backlog").await == Some(0.0));
+    assert_eq!(
+        target_metric(&env, "spool_oldest_pending_age_seconds").await,
+        Some(0.0)
+    );
+    env.stop().await;
+}

@@ -145,6 +145,9 @@ pub struct DispatchConfig {
     pub lease_margin_ms: u64,
     /// Most attempt outcomes written in one transaction.
     pub record_batch_max: usize,
+    /// How often the backlog metrics are read from the outbox (a pass over
+    /// the deliveries table).
+    pub backlog_interval_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -154,6 +157,7 @@ impl Default for DispatchConfig {
             poll_interval_ms: 1_000,
             lease_margin_ms: 10_000,
             record_batch_max: 512,
+            backlog_interval_ms: 10_000,
         }
     }
 }

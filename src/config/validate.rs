@@ -107,6 +107,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 100".into(),
         );
     }
+    if dispatch.backlog_interval_ms < 100 {
+        fail(
+            "dispatch.backlog_interval_ms".into(),
+            "must be at least 100".into(),
+        );
+    }
     if dispatch.record_batch_max == 0 {
         fail(
             "dispatch.record_batch_max".into(),

@@ -7,6 +7,7 @@
 //! delays another.
 
 mod attempt;
+mod backlog;
 mod forward;
 mod lease_sweep;
 mod queue;
@@ -136,6 +137,14 @@ impl Dispatcher {
                 ((t.route.to_string(), t.name.to_string()), handle)
             })
             .collect();
+        let gauged = targets
+            .iter()
+            .map(|t| backlog::Gauged {
+                route: Arc::clone(&t.route),
+                target: Arc::clone(&t.name),
+                metrics: t.metrics.clone(),
+            })
+            .collect();
         for target in targets {
             workers.spawn(worker::run(target, settings.clone()));
         }
@@ -154,6 +163,12 @@ impl Dispatcher {
             // table, so not every poll. Leases run out a margin after the
             // slowest attempt; sweeping twice per margin is soon enough.
             Duration::from_millis(dispatch.lease_margin_ms / 2),
+            cancel.clone(),
+        ));
+        background.spawn(backlog::run(
+            pool.clone(),
+            gauged,
+            Duration::from_millis(dispatch.backlog_interval_ms),
             cancel.clone(),
         ));
         background.spawn(wakeup::announce(Arc::clone(&wakeups), pool, cancel.clone()));

@@ -1,6 +1,7 @@
 //! The Postgres outbox: the connection pool, the schema and the statements
 //! that turn accepted writes into rows. Nothing above this module writes SQL.
 
+mod backlog;
 mod claims;
 mod dead_letters;
 mod insert;
@@ -10,6 +11,7 @@ mod pool;
 pub mod sql;
 mod tls;
 
+pub use backlog::{TargetBacklog, backlog_by_target};
 pub use claims::{ClaimPosition, ClaimedDelivery, claim_due, release_leases, sweep_expired_leases};
 pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,

@@ -249,6 +249,18 @@ pub const DELETE_DEAD: &str = "
 DELETE FROM spool_delivery d
 WHERE d.state = 'dead' AND d.message_id = $1 AND ($2::text IS NULL OR d.target = $2)";
 
+/// The backlog of every (route, target) with rows: deliveries not yet
+/// delivered nor dead, the age of the oldest, and dead letters. One pass
+/// over the table, so it is read every few seconds, not per scrape.
+pub const BACKLOG_BY_TARGET: &str = "
+SELECT route, target,
+       count(*) FILTER (WHERE state <> 'dead') AS backlog,
+       coalesce(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state <> 'dead')),
+                0)::float8 AS oldest_s,
+       count(*) FILTER (WHERE state = 'dead') AS dead
+FROM spool_delivery
+GROUP BY route, target";
+
 /// Forgets Idempotency-Keys past their retention, a bounded number at a time.
 pub const EXPIRE_IDEMPOTENCY_KEYS: &str = "
 DELETE FROM spool_idempotency

@@ -2,7 +2,7 @@
 //! outcome only: nothing a client sends becomes a label.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -29,6 +29,12 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Configured sends per second (0: stopped).
     pub rate_limit: GaugeVec,
+    /// Deliveries not yet delivered nor dead, by route and target.
+    pub backlog: IntGaugeVec,
+    /// How long the oldest of those has waited since acceptance.
+    pub oldest_pending_seconds: GaugeVec,
+    /// Dead letters kept, by route and target.
+    pub dead_letters: IntGaugeVec,
     /// Reads answered, by route and result (fresh, stale, miss).
     pub reads: IntCounterVec,
 }
@@ -115,6 +121,27 @@ impl Metrics {
             &["route", "target"],
         )
         .expect("valid metric");
+        let backlog = IntGaugeVec::new(
+            Opts::new(
+                "spool_backlog",
+                "Deliveries not yet delivered nor dead (every spool on a database reports the same).",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let oldest_pending_seconds = GaugeVec::new(
+            Opts::new(
+                "spool_oldest_pending_age_seconds",
+                "Age of the oldest delivery not yet delivered nor dead.",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let dead_letters = IntGaugeVec::new(
+            Opts::new("spool_dead_letters", "Dead letters kept, awaiting replay."),
+            &["route", "target"],
+        )
+        .expect("valid metric");
         let reads = IntCounterVec::new(
             Opts::new(
                 "spool_reads_total",
@@ -130,6 +157,9 @@ impl Metrics {
             Box::new(delivery_lag_seconds.clone()),
             Box::new(breaker_state.clone()),
             Box::new(rate_limit.clone()),
+            Box::new(backlog.clone()),
+            Box::new(oldest_pending_seconds.clone()),
+            Box::new(dead_letters.clone()),
             Box::new(ingest_requests.clone()),
             Box::new(ingest_seconds.clone()),
             Box::new(commit_batch_size.clone()),
@@ -152,6 +182,9 @@ impl Metrics {
             delivery_lag_seconds,
             breaker_state,
             rate_limit,
+            backlog,
+            oldest_pending_seconds,
+            dead_letters,
             reads,
         }
     }
@@ -182,6 +215,9 @@ pub struct TargetMetrics {
     pub delivered: IntCounter,
     pub retried: IntCounter,
     pub dead: IntCounter,
+    pub backlog: IntGauge,
+    pub oldest_pending_seconds: Gauge,
+    pub dead_letters: IntGauge,
 }
 
 impl Metrics {
@@ -195,6 +231,9 @@ impl Metrics {
             delivered: outcome("delivered"),
             retried: outcome("retry"),
             dead: outcome("dead"),
+            backlog: self.backlog.with_label_values(&labels),
+            oldest_pending_seconds: self.oldest_pending_seconds.with_label_values(&labels),
+            dead_letters: self.dead_letters.with_label_values(&labels),
         }
     }
 }

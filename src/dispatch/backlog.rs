@@ -1,0 +1,63 @@
+//! Reads each target's backlog from the outbox into the metrics every few
+//! seconds: what is waiting, how long the oldest has waited, and the dead
+//! letters. It counts the whole table, so every spool sharing a database
+//! reports the same figures (aggregate them with `max`, not `sum`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{TargetBacklog, backlog_by_target};
+use crate::telemetry::TargetMetrics;
+
+/// A configured target and its metric series.
+pub struct Gauged {
+    pub route: Arc<str>,
+    pub target: Arc<str>,
+    pub metrics: TargetMetrics,
+}
+
+/// Reads at once, then every `every` until `cancel`.
+pub async fn run(pool: Pool, targets: Vec<Gauged>, every: Duration, cancel: CancellationToken) {
+    loop {
+        let read = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            backlog_by_target(&client).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Ok(Ok(rows)) => show(&targets, rows),
+            // The figures stay as last read; /readyz tells the outage.
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the backlog; next time"),
+            Err(_) => tracing::debug!("reading the backlog timed out; next time"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn show(targets: &[Gauged], rows: Vec<TargetBacklog>) {
+    let by_target: HashMap<(&str, &str), &TargetBacklog> = rows
+        .iter()
+        .map(|row| ((row.route.as_str(), row.target.as_str()), row))
+        .collect();
+    for gauged in targets {
+        let metrics = &gauged.metrics;
+        match by_target.get(&(&*gauged.route, &*gauged.target)) {
+            Some(row) => {
+                metrics.backlog.set(row.waiting);
+                metrics.oldest_pending_seconds.set(row.oldest.as_secs_f64());
+                metrics.dead_letters.set(row.dead);
+            }
+            None => {
+                metrics.backlog.set(0);
+                metrics.oldest_pending_seconds.set(0.0);
+                metrics.dead_letters.set(0);
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! How much each target has waiting, read from the outbox for the metrics.
+
+use std::time::Duration;
+
+use deadpool_postgres::ClientWrapper;
+
+use super::sql;
+
+/// One (route, target)'s backlog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetBacklog {
+    pub route: String,
+    pub target: String,
+    /// Deliveries not yet delivered nor dead (pending or in flight).
+    pub waiting: i64,
+    /// Since the oldest of those was accepted; zero when there is none.
+    pub oldest: Duration,
+    pub dead: i64,
+}
+
+/// Every (route, target) with rows in the outbox; the others have none.
+pub async fn backlog_by_target(
+    client: &ClientWrapper,
+) -> Result<Vec<TargetBacklog>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql::BACKLOG_BY_TARGET).await?;
+    let rows = client.query(&statement, &[]).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| TargetBacklog {
+            route: row.get(0),
+            target: row.get(1),
+            waiting: row.get(2),
+            oldest: Duration::from_secs_f64(row.get::<_, f64>(3).max(0.0)),
+            dead: row.get(4),
+        })
+        .collect())
+}
