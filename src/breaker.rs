@@ -20,6 +20,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// As the admin API shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+
     /// For the `spool_breaker_state` gauge: 0 closed, 1 open, 2 half-open.
     pub fn as_gauge(self) -> i64 {
         match self {

@@ -10,6 +10,10 @@ use uuid::Uuid;
 pub enum ApiError {
     #[error("no route named `{0}` is configured")]
     UnknownRoute(String),
+    #[error("route `{route}` has no target named `{target}`")]
+    UnknownTarget { route: String, target: String },
+    #[error("{0}")]
+    NotFound(String),
     #[error("{method} is not accepted on route `{route}`; it accepts {allow}")]
     MethodNotAllowed {
         route: String,
@@ -39,7 +43,9 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownRoute(_) | ApiError::UnknownTarget { .. } | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -56,6 +62,8 @@ impl ApiError {
     fn slug(&self) -> &'static str {
         match self {
             ApiError::UnknownRoute(_) => "unknown-route",
+            ApiError::UnknownTarget { .. } => "unknown-target",
+            ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::HeadersTooLarge(_) => "headers-too-large",

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminPort};
+use crate::admin::{self, AdminPort, AdminTarget};
 use crate::config::Config;
 use crate::data_port::{self, DataPort};
 use crate::dispatch::Dispatcher;
@@ -102,11 +102,28 @@ impl Spool {
             max_headers: config.server.max_headers,
             max_header_bytes: config.server.max_header_bytes,
         });
+        let admin_targets = config
+            .routes
+            .iter()
+            .flat_map(|route| route.targets.iter().map(move |t| (route, t)))
+            .filter_map(|(route, target)| {
+                let key = (route.name.clone(), target.name.clone());
+                let handle = dispatcher.targets.get(&key)?.clone();
+                Some(AdminTarget {
+                    route: key.0,
+                    target: key.1,
+                    handle,
+                })
+            })
+            .collect();
         let admin = Arc::new(AdminPort {
             pool,
             metrics: Arc::clone(&metrics),
             instance,
             check_timeout: config.ingest.commit_timeout(),
+            token: config.server.admin_token.clone(),
+            targets: admin_targets,
+            wakeups: Arc::clone(&dispatcher.wakeups),
         });
 
         let data_listener = bind(config.server.listen, "server.listen").await?;

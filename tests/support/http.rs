@@ -97,6 +97,30 @@ impl TestClient {
             .expect("admin request answered")
     }
 
+    /// An admin call with the bearer `token`, if any.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        self.try_send(
+            self.admin,
+            method,
+            path,
+            &headers,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .await
+        .expect("admin request answered")
+    }
+
     pub async fn try_send(
         &self,
         addr: SocketAddr,

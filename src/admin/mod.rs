@@ -1,0 +1,151 @@
+//! The admin port: liveness, readiness and metrics for anyone who can reach
+//! it; `/admin/...` (routes, flow control, dead letters) behind the bearer
+//! token once one is set.
+
+mod auth;
+mod dead_letters;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use deadpool_postgres::Pool;
+use http::{HeaderValue, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::dispatch::{TargetHandle, Wakeups};
+use crate::outbox::heartbeat;
+use crate::problem::ApiError;
+use crate::telemetry::Metrics;
+
+/// Shared state of the admin port.
+pub struct AdminPort {
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    /// Identifies this spool's heartbeat row.
+    pub instance: String,
+    pub check_timeout: Duration,
+    /// Required on `/admin` calls when set.
+    pub token: Option<String>,
+    /// Every target, in configuration order.
+    pub targets: Vec<AdminTarget>,
+    /// To wake the dispatchers of replayed dead letters.
+    pub wakeups: Arc<Wakeups>,
+}
+
+/// One target and its live controls.
+pub struct AdminTarget {
+    pub route: String,
+    pub target: String,
+    pub handle: TargetHandle,
+}
+
+impl AdminPort {
+    fn find_target(&self, route: &str, target: &str) -> Result<&AdminTarget, ApiError> {
+        if !self.targets.iter().any(|t| t.route == route) {
+            return Err(ApiError::UnknownRoute(route.to_owned()));
+        }
+        self.targets
+            .iter()
+            .find(|t| t.route == route && t.target == target)
+            .ok_or_else(|| ApiError::UnknownTarget {
+                route: route.to_owned(),
+                target: target.to_owned(),
+            })
+    }
+}
+
+pub fn router(state: Arc<AdminPort>) -> Router {
+    let target = "/admin/routes/{route}/targets/{target}";
+    let admin_api = Router::new()
+        .route("/admin/routes", get(routes::list))
+        .route(&format!("{target}/rate"), put(routes::set_rate))
+        .route(&format!("{target}/pause"), post(routes::pause))
+        .route(&format!("{target}/resume"), post(routes::resume))
+        .route("/admin/dead-letters", get(dead_letters::list))
+        .route("/admin/dead-letters/replay", post(dead_letters::replay))
+        .route("/admin/dead-letters/{id}", delete(dead_letters::remove))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin_api)
+        .with_state(state)
+}
+
+/// The process is up and serving: nothing else is checked, so a database
+/// outage never gets a healthy spool restarted.
+async fn healthz() -> Response {
+    json(StatusCode::OK, serde_json::json!({"status": "alive"}))
+}
+
+/// Ready when the outbox takes a committed write. The body lists each check
+/// with its value, so an operator sees why not.
+async fn readyz(State(admin): State<Arc<AdminPort>>) -> Response {
+    let started = tokio::time::Instant::now();
+    let result = heartbeat(&admin.pool, &admin.instance, admin.check_timeout).await;
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let check = match &result {
+        Ok(()) => serde_json::json!({
+            "name": "outbox_writable", "pass": true, "value": format!("committed in {millis:.1} ms"),
+        }),
+        Err(e) => serde_json::json!({
+            "name": "outbox_writable", "pass": false, "value": e.to_string(),
+        }),
+    };
+    let ready = result.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": ready, "checks": [check]}),
+    )
+}
+
+async fn metrics(State(admin): State<Arc<AdminPort>>) -> Response {
+    let mut response = admin.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn ok(body: serde_json::Value) -> Response {
+    json(StatusCode::OK, body)
+}
+
+/// A JSON request body, or a 400 that says what is wrong with it.
+fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the JSON body is not valid: {e}")))
+}
+
+/// The outbox could not be reached for an admin call.
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable {
+        detail: format!("the outbox cannot be reached: {error}"),
+        retry_after_s: 1,
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,145 @@
+//! `/admin/routes`: each target's backlog, in-flight attempts, breaker and
+//! flow control, and the run-time changes to its rate and pause.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AdminPort, AdminTarget, json_body, ok};
+use crate::outbox::backlog_by_target;
+use crate::problem::ApiError;
+
+/// Every route and target, in configuration order. The backlog comes from
+/// the outbox (null when it cannot be read: the rest still shows).
+pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
+    let backlog = async {
+        let client = admin.pool.get().await.map_err(|e| e.to_string())?;
+        backlog_by_target(&client).await.map_err(|e| e.to_string())
+    };
+    let backlog = match tokio::time::timeout(admin.check_timeout * 4, backlog).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the database did not answer in time".to_owned()),
+    };
+    let mut routes: Vec<serde_json::Value> = Vec::new();
+    for target in &admin.targets {
+        let row = backlog.as_ref().ok().map(|rows| {
+            rows.iter()
+                .find(|r| r.route == target.route && r.target == target.target)
+        });
+        let (waiting, oldest, dead) = match row {
+            Some(Some(r)) => (
+                json!(r.waiting),
+                json!(r.oldest.as_secs_f64()),
+                json!(r.dead),
+            ),
+            Some(None) => (json!(0), json!(0.0), json!(0)),
+            None => (json!(null), json!(null), json!(null)),
+        };
+        let mut shown = describe(target);
+        shown["backlog"] = waiting;
+        shown["oldest_pending_age_s"] = oldest;
+        shown["dead_letters"] = dead;
+        match routes.last_mut() {
+            Some(route) if route["route"] == target.route => {
+                route["targets"].as_array_mut().expect("array").push(shown)
+            }
+            _ => routes.push(json!({"route": target.route, "targets": [shown]})),
+        }
+    }
+    let mut body = json!({ "routes": routes });
+    if let Err(e) = backlog {
+        body["backlog_error"] = json!(e);
+    }
+    ok(body)
+}
+
+/// The new rate: `per_second` (0 stops sending), and optionally `burst`
+/// (else one second's worth) and `concurrency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateChange {
+    per_second: f64,
+    burst: Option<u32>,
+    concurrency: Option<usize>,
+}
+
+pub async fn set_rate(
+    State(admin): State<Arc<AdminPort>>,
+    Path((route, target)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = admin.find_target(&route, &target)?;
+    let change: RateChange = json_body(&body)?;
+    if !change.per_second.is_finite() || change.per_second < 0.0 {
+        return Err(ApiError::BadRequest(
+            "per_second must be a number, 0 or more (0 stops sending)".into(),
+        ));
+    }
+    if change.burst == Some(0) || change.concurrency == Some(0) {
+        return Err(ApiError::BadRequest(
+            "burst and concurrency must be at least 1".into(),
+        ));
+    }
+    let flow = &target.handle.flow;
+    flow.set_rate(change.per_second, change.burst);
+    if let Some(concurrency) = change.concurrency {
+        flow.set_concurrency(concurrency);
+    }
+    admin
+        .metrics
+        .rate_limit
+        .with_label_values(&[&target.route, &target.target])
+        .set(change.per_second);
+    tracing::info!(route = %target.route, target_name = %target.target, per_second = change.per_second,
+        burst = ?change.burst, concurrency = ?change.concurrency, "rate changed through the admin API");
+    Ok(ok(describe(target)))
+}
+
+pub async fn pause(
+    State(admin): State<Arc<AdminPort>>,
+    Path((route, target)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_paused(&admin, &route, &target, true)
+}
+
+pub async fn resume(
+    State(admin): State<Arc<AdminPort>>,
+    Path((route, target)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_paused(&admin, &route, &target, false)
+}
+
+fn set_paused(
+    admin: &AdminPort,
+    route: &str,
+    target: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let target = admin.find_target(route, target)?;
+    target.handle.flow.set_paused(paused);
+    let what = if paused { "paused" } else { "resumed" };
+    tracing::info!(route = %target.route, target_name = %target.target, "target {what} through the admin API");
+    Ok(ok(describe(target)))
+}
+
+/// A target's live state: what this spool is doing with it.
+fn describe(target: &AdminTarget) -> serde_json::Value {
+    let flow = target.handle.flow.settings();
+    json!({
+        "route": target.route,
+        "target": target.target,
+        "in_flight": target.handle.flow.in_flight(),
+        "breaker": target.handle.breaker.state().name(),
+        "rate": {
+            "per_second": flow.per_second,
+            "burst": flow.burst,
+            "concurrency": flow.concurrency,
+        },
+        "paused": flow.paused,
+    })
+}
