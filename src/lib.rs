@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod ctl;
 pub mod data_port;
 pub mod dispatch;
 pub mod embedded_pg;

@@ -1,4 +1,5 @@
-//! The `spool` command: run the sidecar, or check a configuration.
+//! The `spool` command: run the sidecar, check a configuration, or speak to
+//! a running spool's admin port (`spool ctl`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +28,20 @@ enum Command {
     Run,
     /// Load and validate the configuration, print every problem, and exit.
     CheckConfig,
+    /// Ask a running spool's admin port (the one in the configuration,
+    /// with its token) about its routes, flow control and dead letters.
+    Ctl {
+        /// The admin port's base URL, if not the configuration's
+        /// `server.admin_listen`.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The bearer token, if not the configuration's `server.admin_token`
+        /// (SPOOL_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: spool::ctl::Action,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +66,51 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Ctl {
+            admin,
+            token,
+            action,
+        } => ctl(&config, admin, token, action),
+    }
+}
+
+fn ctl(
+    config: &spool::config::Config,
+    admin: Option<String>,
+    token: Option<String>,
+    action: spool::ctl::Action,
+) -> ExitCode {
+    let base = admin.unwrap_or_else(|| {
+        let mut addr = config.server.admin_listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    });
+    let token = token.or_else(|| config.server.admin_token.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("spool ctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(spool::ctl::run(
+        base.trim_end_matches('/'),
+        token.as_deref(),
+        action,
+    )) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("spool ctl: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

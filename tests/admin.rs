@@ -231,3 +231,57 @@ async fn dead_letters_are_listed_in_pages_replayed_and_deleted() {
     assert_eventually!(env.pg.scalar("SELECT count(*) FROM spool_delivery").await == 0);
     env.stop().await;
 }
+
+/// `spool ctl ARGS` against `env`'s admin port: exit code and output.
+async fn ctl(env: &TestEnv, token: &str, args: &[&str]) -> (i32, String) {
+    let admin = format!("http://{}", env.client.admin);
+    // No spool.toml there: defaults, and the token from the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .current_dir(dir.path())
+        .env("SPOOL_ADMIN_TOKEN", token)
+        .args(["ctl", "--admin", &admin])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_ctl_speaks_to_the_admin_port() {
+    let target = FakeTarget::healthy().await;
+    let env = start(&target).await;
+    let (code, out) = ctl(&env, TOKEN, &["routes"]).await;
+    assert_eq!(code, 0, "{out}");
+    let routes: serde_json::Value = serde_json::from_str(&out).expect("JSON out");
+    assert_eq!(routes["routes"][0]["targets"][0]["target"], "t");
+
+    let (code, out) = ctl(&env, TOKEN, &["pause", "orders", "t"]).await;
+    assert_eq!(code, 0, "{out}");
+    let flow = env
+        .spool
+        .as_ref()
+        .unwrap()
+        .target("orders", "t")
+        .unwrap()
+        .flow;
+    assert!(flow.settings().paused);
+    let (code, out) = ctl(&env, TOKEN, &["rate", "orders", "t", "7", "--burst", "2"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (flow.settings().per_second, flow.settings().burst),
+        (7.0, 2)
+    );
+
+    // Refusals say why, and exit non-zero.
+    let (code, out) = ctl(&env, "wrong", &["routes"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("401") && out.contains("bearer token"), "{out}");
+    let (code, out) = ctl(&env, TOKEN, &["pause", "orders", "nope"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("no target named `nope`"), "{out}");
+    env.stop().await;
+}

@@ -28,6 +28,7 @@ fn help_explains_every_flag() {
     for flag in [
         "--config",
         "check-config",
+        "ctl",
         "SPOOL_DATABASE_URL",
         "--version",
     ] {
