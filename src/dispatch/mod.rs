@@ -2,9 +2,9 @@
 //!
 //! One dispatcher task per (route, target) claims due deliveries under a
 //! lease and sends them; a recorder writes the outcomes back; LISTEN/NOTIFY
-//! and a slow poll wake the dispatchers; a sweep takes back expired leases.
-//! Each target has its own breaker and flow control, so a dead target never
-//! delays another.
+//! and a slow poll wake the dispatchers; a sweep takes back expired leases;
+//! the backlog is read into the metrics. Each target has its own breaker and
+//! flow control, so a dead target never delays another.
 
 mod attempt;
 mod backlog;
