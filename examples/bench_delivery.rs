@@ -18,7 +18,8 @@
 //!    rate is taken over the middle 80% of the arrivals (so that the first
 //!    claim and the trickle at the end, which a window in a big backlog
 //!    does not have, do not count); the time from the resume to the last
-//!    arrival is shown too. Repeated for a few rounds.
+//!    arrival is shown too. Repeated for a few rounds: half of them before
+//!    the large backlog below, half after, so that drift weighs on both.
 //! 3. **spool, 1,000,000 backlog**: the same with 1,000,000 deliveries,
 //!    measured over a fixed window after a warm-up (draining it all would
 //!    take minutes). The ratio of the two rates says whether a big backlog
@@ -731,6 +732,15 @@ impl Bench<'_> {
         })
     }
 
+    /// Small round `round` of `args.small_rounds`: a whole drain.
+    async fn small_round(&self, args: &Args, round: usize) -> Result<Drain, BoxError> {
+        eprintln!(
+            "spool: round {round} of {}, draining a backlog of {}",
+            args.small_rounds, args.small_backlog
+        );
+        self.drain_all(args.small_backlog).await
+    }
+
     /// Loads `backlog` deliveries, resumes the target, and waits for the
     /// sink to see all of them. The rate counted is that of the middle 80%
     /// of the arrivals: the first ones include the first claim, and the
@@ -1032,15 +1042,14 @@ async fn spool_phases(
     };
     pause(&bench.target, admin).await?;
 
+    // Half the small rounds before the large window and half after, so
+    // that the machine drifting (it does, by 20-30%) weighs on both sides
+    // of the comparison alike.
     let mut small = Vec::with_capacity(args.small_rounds);
-    for round in 1..=args.small_rounds {
-        eprintln!(
-            "spool: round {round} of {}, draining a backlog of {}",
-            args.small_rounds, args.small_backlog
-        );
-        small.push(bench.drain_all(args.small_backlog).await?);
+    let before = args.small_rounds.div_ceil(2);
+    for round in 1..=before {
+        small.push(bench.small_round(args, round).await?);
     }
-
     eprintln!(
         "spool: loading a backlog of {}, then {} s warm-up + {} s",
         args.large_backlog, args.warmup, args.secs
@@ -1048,6 +1057,9 @@ async fn spool_phases(
     let large = bench
         .drain_window(args.large_backlog, secs(args.warmup), secs(args.secs))
         .await?;
+    for round in before + 1..=args.small_rounds {
+        small.push(bench.small_round(args, round).await?);
+    }
 
     eprintln!(
         "spool idle: {} writes one at a time, {} ms apart",
