@@ -187,6 +187,9 @@ async fn a_target_down_then_back_drains_and_the_breaker_spends_nothing_while_ope
         before,
         "attempts grew while the breaker was open"
     );
+    // And nothing is held claimed: what was queued went back to pending.
+    let leased = "SELECT count(*) FROM spool_delivery WHERE target = 'down' AND state = 'leased'";
+    assert_eq!(db_count(&env, leased).await, 0, "claimed while open");
 
     down.restart().await;
     assert_eventually!(
