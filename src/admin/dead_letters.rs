@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{AdminPort, json_body, ok, unavailable};
+use super::{AdminPort, json_body, ok};
 use crate::outbox::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
@@ -50,8 +50,9 @@ pub async fn list(
         after,
         limit,
     };
-    let client = admin.pool.get().await.map_err(unavailable)?;
-    let letters = list_dead(&client, &query).await.map_err(unavailable)?;
+    let letters = admin
+        .on_outbox(async |client| list_dead(client, &query).await)
+        .await?;
     let next = match letters.last() {
         Some(last) if letters.len() as i64 == limit => json!(cursor(last)),
         _ => json!(null),
@@ -88,10 +89,9 @@ pub async fn replay(
         route: request.route,
         target: request.target,
     };
-    let client = admin.pool.get().await.map_err(unavailable)?;
-    let routes = replay_dead(&client, &selection)
-        .await
-        .map_err(unavailable)?;
+    let routes = admin
+        .on_outbox(async |client| replay_dead(client, &selection).await)
+        .await?;
     admin.wakeups.committed(routes.iter().map(String::as_str));
     tracing::info!(
         replayed = routes.len(),
@@ -117,10 +117,10 @@ pub async fn remove(
     let Query(query) = query.map_err(bad_query)?;
     let id = Uuid::parse_str(&id)
         .map_err(|e| ApiError::BadRequest(format!("`{id}` is not a message id: {e}")))?;
-    let mut client = admin.pool.get().await.map_err(unavailable)?;
-    let deleted = delete_dead(&mut client, id, query.target.as_deref())
-        .await
-        .map_err(unavailable)?;
+    let target = query.target.as_deref();
+    let deleted = admin
+        .on_outbox(async |client| delete_dead(client, id, target).await)
+        .await?;
     if deleted == 0 {
         return Err(ApiError::NotFound(format!(
             "message {id} has no dead letter{}",

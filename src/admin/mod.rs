@@ -19,7 +19,7 @@ use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::dispatch::{TargetHandle, Wakeups};
-use crate::outbox::heartbeat;
+use crate::outbox::{heartbeat, with_connection};
 use crate::problem::ApiError;
 use crate::telemetry::Metrics;
 
@@ -46,6 +46,20 @@ pub struct AdminTarget {
 }
 
 impl AdminPort {
+    /// Runs an admin call's statements, bounded like a readiness check (four
+    /// times over: a listing may take longer than a heartbeat).
+    async fn on_outbox<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, ApiError> {
+        with_connection(&self.pool, self.check_timeout * 4, work)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                detail: format!("the outbox cannot be reached: {e}"),
+                retry_after_s: 1,
+            })
+    }
+
     fn find_target(&self, route: &str, target: &str) -> Result<&AdminTarget, ApiError> {
         if !self.targets.iter().any(|t| t.route == route) {
             return Err(ApiError::UnknownRoute(route.to_owned()));
@@ -131,14 +145,6 @@ fn ok(body: serde_json::Value) -> Response {
 fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the JSON body is not valid: {e}")))
-}
-
-/// The outbox could not be reached for an admin call.
-fn unavailable(error: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable {
-        detail: format!("the outbox cannot be reached: {error}"),
-        retry_after_s: 1,
-    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

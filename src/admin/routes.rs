@@ -16,15 +16,9 @@ use crate::problem::ApiError;
 /// Every route and target, in configuration order. The backlog comes from
 /// the outbox (null when it cannot be read: the rest still shows).
 pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
-    let backlog = async {
-        let client = admin.pool.get().await.map_err(|e| e.to_string())?;
-        backlog_by_target(&client).await.map_err(|e| e.to_string())
-    };
-    let backlog = match tokio::time::timeout(admin.check_timeout * 4, backlog).await {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("the database did not answer in time".to_owned()),
-    };
+    let backlog = admin
+        .on_outbox(async |client| backlog_by_target(client).await)
+        .await;
     let mut routes: Vec<serde_json::Value> = Vec::new();
     for target in &admin.targets {
         let row = backlog.as_ref().ok().map(|rows| {
@@ -53,7 +47,7 @@ pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
     }
     let mut body = json!({ "routes": routes });
     if let Err(e) = backlog {
-        body["backlog_error"] = json!(e);
+        body["backlog_error"] = json!(e.to_string());
     }
     ok(body)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{TargetBacklog, backlog_by_target};
+use crate::outbox::{TargetBacklog, backlog_by_target, with_connection};
 use crate::telemetry::TargetMetrics;
 
 /// A configured target and its metric series.
@@ -31,15 +31,13 @@ const SPACING: u32 = 50;
 pub async fn run(pool: Pool, targets: Vec<Gauged>, every: Duration, cancel: CancellationToken) {
     loop {
         let started = tokio::time::Instant::now();
-        let read = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            backlog_by_target(&client).await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(30), read).await {
-            Ok(Ok(rows)) => show(&targets, rows),
+        let read = with_connection(&pool, Duration::from_secs(30), async |client| {
+            backlog_by_target(client).await
+        });
+        match read.await {
+            Ok(rows) => show(&targets, rows),
             // The figures stay as last read; /readyz tells the outage.
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the backlog; next time"),
-            Err(_) => tracing::debug!("reading the backlog timed out; next time"),
+            Err(e) => tracing::debug!(error = %e, "cannot read the backlog; next time"),
         }
         let pause = every.max(started.elapsed() * SPACING);
         tokio::select! {

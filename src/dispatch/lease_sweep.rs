@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::Wakeups;
-use crate::outbox::sweep_expired_leases;
+use crate::outbox::{sweep_expired_leases, with_connection};
 
 /// Leases put back per statement, so that no sweep holds locks for long.
 const SWEEP_CHUNK: i64 = 1_000;
@@ -22,23 +22,20 @@ pub async fn run(pool: Pool, wakeups: Arc<Wakeups>, every: Duration, cancel: Can
             () = tokio::time::sleep(every) => {}
             () = cancel.cancelled() => return,
         }
-        let swept = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            sweep_expired_leases(&client, SWEEP_CHUNK)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(10), swept).await {
-            Ok(Ok(routes)) if routes.is_empty() => {}
-            Ok(Ok(routes)) => {
+        let swept = with_connection(&pool, Duration::from_secs(10), async |client| {
+            sweep_expired_leases(client, SWEEP_CHUNK).await
+        })
+        .await;
+        match swept {
+            Ok(routes) if routes.is_empty() => {}
+            Ok(routes) => {
                 tracing::info!(
                     deliveries = routes.len(),
                     "expired leases taken back; those deliveries are sent again"
                 );
                 wakeups.committed(routes.iter().map(String::as_str));
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "lease sweep failed; next time"),
-            Err(_) => tracing::debug!("lease sweep timed out; next time"),
+            Err(e) => tracing::debug!(error = %e, "lease sweep failed; next time"),
         }
     }
 }

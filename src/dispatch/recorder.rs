@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Outcome, OutcomeBatch};
+use crate::outbox::{Outcome, OutcomeBatch, with_connection};
 
 /// Runs until every sender is gone and the channel is drained. After
 /// `cancel`, a batch that cannot be written is given up after a few tries.
@@ -49,22 +49,14 @@ async fn write_until_done(
             );
             return;
         }
-        let written = async {
-            let mut client = pool.get().await.map_err(|e| e.to_string())?;
-            batch
-                .write(&mut client, owner)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(10), written).await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => {
+        let written = with_connection(pool, Duration::from_secs(10), async |client| {
+            batch.write(client, owner).await
+        });
+        match written.await {
+            Ok(()) => return,
+            Err(e) => {
                 tracing::warn!(error = %e, outcomes = batch.len(), "cannot record delivery outcomes; retrying")
             }
-            Err(_) => tracing::warn!(
-                outcomes = batch.len(),
-                "recording delivery outcomes timed out; retrying"
-            ),
         }
         // If this spool dies meanwhile, the leases expire and the deliveries
         // are sent again: a duplicate, never a loss.

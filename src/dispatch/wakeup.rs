@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::DbAddress;
+use crate::outbox::{DbAddress, sql, with_connection};
 
 /// The NOTIFY channel; the payload is a route name.
 pub const CHANNEL: &str = "spool_outbox";
@@ -83,21 +83,14 @@ pub async fn announce(wakeups: Arc<Wakeups>, pool: Pool, cancel: CancellationTok
         if routes.is_empty() {
             continue;
         }
-        let sent = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
+        let sent = with_connection(&pool, Duration::from_secs(5), async |client| {
             client
-                .execute(
-                    "SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r",
-                    &[&CHANNEL, &routes],
-                )
+                .execute(sql::NOTIFY_ROUTES, &[&CHANNEL, &routes])
                 .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(5), sent).await {
-            Ok(Ok(_)) => {}
+        });
+        if let Err(e) = sent.await {
             // Other spools fall back to their poll; nothing is lost.
-            Ok(Err(e)) => tracing::debug!(error = %e, "NOTIFY failed"),
-            Err(_) => tracing::debug!("NOTIFY timed out"),
+            tracing::debug!(error = %e, "NOTIFY failed");
         }
     }
 }

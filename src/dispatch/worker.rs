@@ -19,7 +19,9 @@ use super::forward::Forwarder;
 use super::queue::ClaimQueue;
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::flow::{Blocked, FlowControl};
-use crate::outbox::{ClaimPosition, ClaimedDelivery, Outcome, claim_due, release_leases};
+use crate::outbox::{
+    ClaimPosition, ClaimedDelivery, Outcome, claim_due, release_leases, with_connection,
+};
 use crate::retry::RetryPolicy;
 use crate::telemetry::TargetMetrics;
 
@@ -52,6 +54,9 @@ pub struct DispatchSettings {
     pub records: mpsc::Sender<Outcome>,
     pub cancel: CancellationToken,
 }
+
+/// Bound on one claim or give-back, the wait for a connection included.
+const DB_CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Body bytes a dispatcher holds claimed ahead of sending, at most (give or
 /// take a claim's worth when bodies grow).
@@ -310,17 +315,11 @@ impl Worker {
         let target = Arc::clone(&self.target);
         let owner = self.settings.owner.clone();
         self.tasks.spawn(async move {
-            let released = async {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                release_leases(&client, &message_ids, &target.name, &owner)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            let error = match tokio::time::timeout(Duration::from_secs(10), released).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => e,
-                Err(_) => "timed out".to_owned(),
-            };
+            let released = with_connection(&pool, DB_CALL_LIMIT, async |client| {
+                release_leases(client, &message_ids, &target.name, &owner).await
+            })
+            .await;
+            let Err(error) = released else { return };
             tracing::warn!(route = %target.route, target_name = %target.name, deliveries = message_ids.len(), error = %error,
                 "cannot give back unsent deliveries; they are claimable again when their lease runs out");
         });
@@ -349,21 +348,10 @@ async fn claim(
     limit: usize,
     after: Option<ClaimPosition>,
 ) -> ClaimResult {
-    let claimed = async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        claim_due(
-            &client,
-            &target.route,
-            &target.name,
-            limit as i64,
-            &owner,
-            lease,
-            after,
-        )
-        .await
-        .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(10), claimed)
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
+    with_connection(&pool, DB_CALL_LIMIT, async |client| {
+        let (route, name) = (&target.route, &target.name);
+        claim_due(client, route, name, limit as i64, &owner, lease, after).await
+    })
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -19,5 +19,5 @@ pub use dead_letters::{
 pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};
-pub use pool::{DbError, connect_pool, heartbeat};
+pub use pool::{DbError, connect_pool, heartbeat, with_connection};
 pub use tls::{DbAddress, DbAddressError};

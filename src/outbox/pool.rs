@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Client, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 
 use super::sql;
@@ -53,20 +55,32 @@ pub fn connect_pool(address: &DbAddress, config: &DatabaseConfig) -> Result<Pool
         .map_err(|e| DbError::Config(format!("database pool: {e}")))
 }
 
-/// A committed write of the heartbeat row: the outbox is writable. A
-/// connection that times out is dropped rather than returned to the pool.
-pub async fn heartbeat(pool: &Pool, owner: &str, timeout: Duration) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    let result = tokio::time::timeout(timeout, async {
-        let statement = client.prepare_cached(sql::HEARTBEAT).await?;
-        client.execute(&statement, &[&owner]).await
-    })
-    .await;
-    match result {
-        Ok(done) => done.map(drop).map_err(DbError::from),
+/// Runs `work` on a pooled connection within `limit`, the wait for the
+/// connection included. A connection whose work timed out is dropped rather
+/// than returned to the pool: the database behind it may be frozen.
+pub async fn with_connection<T>(
+    pool: &Pool,
+    limit: Duration,
+    work: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, DbError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut client = tokio::time::timeout_at(deadline, pool.get())
+        .await
+        .map_err(|_| DbError::Timeout(limit))??;
+    match tokio::time::timeout_at(deadline, work(&mut client)).await {
+        Ok(done) => done.map_err(DbError::from),
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
-            Err(DbError::Timeout(timeout))
+            Err(DbError::Timeout(limit))
         }
     }
+}
+
+/// A committed write of the heartbeat row: the outbox is writable.
+pub async fn heartbeat(pool: &Pool, owner: &str, timeout: Duration) -> Result<(), DbError> {
+    with_connection(pool, timeout, async |client| {
+        let statement = client.prepare_cached(sql::HEARTBEAT).await?;
+        client.execute(&statement, &[&owner]).await.map(drop)
+    })
+    .await
 }

@@ -261,6 +261,24 @@ SELECT route, target,
 FROM spool_delivery
 GROUP BY route, target";
 
+/// Every kept variant of one URL of a route, oldest first.
+pub const LOAD_READ_CACHE: &str = "
+SELECT variant, status, headers::text, body, stored_at, upstream_age
+FROM spool_read_cache WHERE route = $1 AND key = $2
+ORDER BY stored_at";
+
+/// Keeps a read answer, unless a newer one of that variant is kept already.
+pub const UPSERT_READ_CACHE: &str = "
+INSERT INTO spool_read_cache (route, key, variant, status, headers, body, stored_at, upstream_age)
+VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)
+ON CONFLICT (route, key, variant) DO UPDATE
+SET status = excluded.status, headers = excluded.headers, body = excluded.body,
+    stored_at = excluded.stored_at, upstream_age = excluded.upstream_age
+WHERE spool_read_cache.stored_at < excluded.stored_at";
+
+/// Wakes the dispatchers of routes $2 in every spool listening on $1.
+pub const NOTIFY_ROUTES: &str = "SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r";
+
 /// Forgets Idempotency-Keys past their retention, a bounded number at a time.
 pub const EXPIRE_IDEMPOTENCY_KEYS: &str = "
 DELETE FROM spool_idempotency

@@ -13,6 +13,7 @@ use moka::sync::Cache;
 use tokio::sync::mpsc;
 
 use super::rules::vary_names;
+use crate::outbox::{sql, with_connection};
 
 /// Most variants (distinct Vary values) kept per URL.
 const MAX_VARIANTS: usize = 16;
@@ -222,12 +223,11 @@ impl KeptStore {
         wait: Duration,
     ) -> Option<Arc<KeptAnswer>> {
         let pool = self.pool.as_ref()?;
-        let rows = tokio::time::timeout(wait, async {
-            let client = pool.get().await.ok()?;
-            client.query(LOAD, &[&&**route, &key]).await.ok()
+        let rows = with_connection(pool, wait, async |client| {
+            client.query(sql::LOAD_READ_CACHE, &[&&**route, &key]).await
         })
         .await
-        .ok()??;
+        .ok()?;
         let mut variants = Variants::default();
         for row in rows {
             let (names, values) = parse_variant(row.get(0));
@@ -252,19 +252,6 @@ impl KeptStore {
     }
 }
 
-const LOAD: &str = "
-SELECT variant, status, headers::text, body, stored_at, upstream_age
-FROM spool_read_cache WHERE route = $1 AND key = $2
-ORDER BY stored_at";
-
-const UPSERT: &str = "
-INSERT INTO spool_read_cache (route, key, variant, status, headers, body, stored_at, upstream_age)
-VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)
-ON CONFLICT (route, key, variant) DO UPDATE
-SET status = excluded.status, headers = excluded.headers, body = excluded.body,
-    stored_at = excluded.stored_at, upstream_age = excluded.upstream_age
-WHERE spool_read_cache.stored_at < excluded.stored_at";
-
 /// Writes kept answers to Postgres, one at a time, in the background.
 pub struct PersistTask {
     receiver: mpsc::Receiver<Persist>,
@@ -276,15 +263,14 @@ impl PersistTask {
         // Logged once per outage, not once per answer.
         let mut failing = false;
         while let Some(row) = self.receiver.recv().await {
-            let written = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let written = with_connection(&self.pool, Duration::from_secs(5), async |client| {
                 let answer = &row.answer;
                 let headers = headers_to_json(&answer.headers);
                 let status = answer.status as i16;
                 let age = answer.upstream_age as i64;
                 client
                     .execute(
-                        UPSERT,
+                        sql::UPSERT_READ_CACHE,
                         &[
                             &&*row.route,
                             &row.key,
@@ -297,12 +283,8 @@ impl PersistTask {
                         ],
                     )
                     .await
-                    .map_err(|e| e.to_string())
-            };
-            let result = tokio::time::timeout(Duration::from_secs(5), written)
-                .await
-                .unwrap_or_else(|_| Err("timed out".to_owned()));
-            match result {
+            });
+            match written.await {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("kept answers are copied to Postgres again");
