@@ -15,9 +15,10 @@ async fn start(target: &FakeTarget) -> TestEnv {
         "  [routes.retry]\n  initial_ms = 20\n  max_ms = 100\n",
     );
     TestEnv::start_config(|url| {
-        support::base_config(url, &rest).replace(
-            "[server]\n",
-            &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
+        support::set_in(
+            &support::base_config(url, &rest),
+            "server",
+            &format!("admin_token = \"{TOKEN}\""),
         )
     })
     .await
@@ -81,13 +82,7 @@ async fn routes_show_live_state_and_take_rate_and_pause_at_run_time() {
     .await;
     assert_eq!(rate.status, 200);
     assert_eq!(rate.json()["rate"]["per_second"], 250.0);
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
+    let flow = env.target("orders", "t").flow;
     let settings = flow.settings();
     assert_eq!(
         (settings.per_second, settings.burst, settings.concurrency),
@@ -261,13 +256,7 @@ async fn spool_ctl_speaks_to_the_admin_port() {
 
     let (code, out) = ctl(&env, TOKEN, &["pause", "orders", "t"]).await;
     assert_eq!(code, 0, "{out}");
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
+    let flow = env.target("orders", "t").flow;
     assert!(flow.settings().paused);
     let (code, out) = ctl(&env, TOKEN, &["rate", "orders", "t", "7", "--burst", "2"]).await;
     assert_eq!(code, 0, "{out}");

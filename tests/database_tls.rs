@@ -104,10 +104,10 @@ async fn sslmode_require_writes_and_delivers_over_verified_tls() {
     let tls = TlsPg::start().await;
     let target = FakeTarget::healthy().await;
     let rest = route("orders", &[("t", &target)], "");
-    let ca_line = format!("ca_file = \"{}\"\n", tls.ca_file.display());
+    let ca_line = format!("ca_file = \"{}\"", tls.ca_file.display());
     let url = tls.url();
     let env = TestEnv::start_on(tls.pg, |_| {
-        base_config(&url, &rest).replace("[database]\n", &format!("[database]\n{ca_line}"))
+        support::set_in(&base_config(&url, &rest), "database", &ca_line)
     })
     .await;
 

@@ -5,10 +5,12 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use spool::breaker::BreakerState;
+use spool::flow::FlowControl;
 use support::{Answer, FakeTarget, TestEnv, route};
 
 const FAST_RETRY: &str = "
@@ -160,8 +162,7 @@ async fn a_target_down_then_back_drains_and_the_breaker_spends_nothing_while_ope
         &extra,
     ))
     .await;
-    let spool = env.spool.as_ref().unwrap();
-    let breaker = spool.target("orders", "down").unwrap().breaker;
+    let breaker = env.target("orders", "down").breaker;
 
     let mut ids = Vec::new();
     for i in 0..50 {
@@ -441,13 +442,7 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(target.received().is_empty(), "sent while the rate was 0");
 
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
+    let flow = env.target("orders", "t").flow;
     flow.set_rate(10.0, Some(1));
     assert_eq!(
         (flow.settings().per_second, flow.settings().burst),
@@ -523,24 +518,29 @@ async fn a_redirect_is_not_followed() {
     env.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
-    // Small full batches keep the dispatcher claiming after its cursor.
+/// A target taking 10 ms per request, two at a time, claimed four at a
+/// time (so that batches come back full and claims go after the cursor),
+/// paused while the test builds its backlog.
+async fn slow_paused_target_small_batches() -> (FakeTarget, TestEnv, Arc<FlowControl>) {
     let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(10), 200)).await;
     let extra = "  [routes.rate]\n  concurrency = 2\n";
     let rest = route("orders", &[("t", &target)], extra);
     let env = TestEnv::start_config(|url| {
-        support::base_config(url, &rest).replace("[dispatch]\n", "[dispatch]\nclaim_batch = 4\n")
+        support::set_in(
+            &support::base_config(url, &rest),
+            "dispatch",
+            "claim_batch = 4",
+        )
     })
     .await;
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
+    let flow = env.target("orders", "t").flow;
     flow.set_paused(true);
+    (target, env, flow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
+    let (target, env, flow) = slow_paused_target_small_batches().await;
     let mut last = None;
     for i in 0..300 {
         let reply = env.client.post("/orders/x", format!("{i}")).await;
@@ -574,21 +574,7 @@ async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_next_delivery_is_not_left_behind_by_a_backlog() {
-    let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(10), 200)).await;
-    let extra = "  [routes.rate]\n  concurrency = 2\n";
-    let rest = route("orders", &[("t", &target)], extra);
-    let env = TestEnv::start_config(|url| {
-        support::base_config(url, &rest).replace("[dispatch]\n", "[dispatch]\nclaim_batch = 4\n")
-    })
-    .await;
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
-    flow.set_paused(true);
+    let (target, env, flow) = slow_paused_target_small_batches().await;
     let mut keyed = Vec::new();
     for i in 0..600 {
         let headers: &[(&str, &str)] = if i % 3 == 0 && keyed.len() < 10 {
@@ -641,17 +627,14 @@ async fn backlog_its_oldest_age_and_dead_letters_are_metrics() {
             .await;
     let rest = route("orders", &[("t", &target)], "");
     let env = TestEnv::start_config(|url| {
-        support::base_config(url, &rest)
-            .replace("[dispatch]\n", "[dispatch]\nbacklog_interval_ms = 100\n")
+        support::set_in(
+            &support::base_config(url, &rest),
+            "dispatch",
+            "backlog_interval_ms = 100",
+        )
     })
     .await;
-    let flow = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("orders", "t")
-        .unwrap()
-        .flow;
+    let flow = env.target("orders", "t").flow;
     flow.set_paused(true);
     for body in ["a", "b", "c", "d", "e", "bad"] {
         assert_eq!(env.client.post("/orders/x", body).await.status, 202);

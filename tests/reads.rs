@@ -315,13 +315,7 @@ async fn an_open_breaker_sends_reads_to_the_kept_copy_without_asking() {
     for i in 0..3 {
         env.client.post("/catalog/k", format!("{i}")).await;
     }
-    let breaker = env
-        .spool
-        .as_ref()
-        .unwrap()
-        .target("catalog", "api")
-        .unwrap()
-        .breaker;
+    let breaker = env.target("catalog", "api").breaker;
     assert_eventually!(breaker.state() == spool::breaker::BreakerState::Open);
     let gets_before = upstream
         .received()

@@ -100,11 +100,24 @@ impl TestEnv {
         }
     }
 
+    /// The live breaker and flow control of one configured target.
+    pub fn target(&self, route: &str, target: &str) -> spool::dispatch::TargetHandle {
+        let spool = self.spool.as_ref().expect("spool running");
+        spool.target(route, target).expect("target configured")
+    }
+
     pub async fn stop(mut self) {
         if let Some(spool) = self.spool.take() {
             spool.shutdown().await;
         }
     }
+}
+
+/// The config `text` with `line` added to its `[section]` table.
+pub fn set_in(text: &str, section: &str, line: &str) -> String {
+    let header = format!("[{section}]\n");
+    assert!(text.contains(&header), "the config has no [{section}]");
+    text.replacen(&header, &format!("{header}{line}\n"), 1)
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
