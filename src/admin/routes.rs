@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AdminPort, AdminTarget, json_body, ok};
-use crate::outbox::backlog_by_target;
+use crate::outbox::{TargetBacklog, backlog_by_target};
 use crate::problem::ApiError;
 
 /// Every route and target, in configuration order. The backlog comes from
@@ -21,17 +21,16 @@ pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
         .await;
     let mut routes: Vec<serde_json::Value> = Vec::new();
     for target in &admin.targets {
-        let row = backlog.as_ref().ok().map(|rows| {
-            rows.iter()
-                .find(|r| r.route == target.route && r.target == target.target)
-        });
+        let row = backlog
+            .as_ref()
+            .ok()
+            .map(|rows| TargetBacklog::of(rows, &target.route, &target.target));
         let (waiting, oldest, dead) = match row {
-            Some(Some(r)) => (
+            Some(r) => (
                 json!(r.waiting),
                 json!(r.oldest.as_secs_f64()),
                 json!(r.dead),
             ),
-            Some(None) => (json!(0), json!(0.0), json!(0)),
             None => (json!(null), json!(null), json!(null)),
         };
         let mut shown = describe(target);

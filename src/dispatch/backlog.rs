@@ -3,7 +3,6 @@
 //! letters. It counts the whole table, so every spool sharing a database
 //! reports the same figures (aggregate them with `max`, not `sum`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,23 +47,13 @@ pub async fn run(pool: Pool, targets: Vec<Gauged>, every: Duration, cancel: Canc
 }
 
 fn show(targets: &[Gauged], rows: Vec<TargetBacklog>) {
-    let by_target: HashMap<(&str, &str), &TargetBacklog> = rows
-        .iter()
-        .map(|row| ((row.route.as_str(), row.target.as_str()), row))
-        .collect();
     for gauged in targets {
+        let backlog = TargetBacklog::of(&rows, &gauged.route, &gauged.target);
         let metrics = &gauged.metrics;
-        match by_target.get(&(&*gauged.route, &*gauged.target)) {
-            Some(row) => {
-                metrics.backlog.set(row.waiting);
-                metrics.oldest_pending_seconds.set(row.oldest.as_secs_f64());
-                metrics.dead_letters.set(row.dead);
-            }
-            None => {
-                metrics.backlog.set(0);
-                metrics.oldest_pending_seconds.set(0.0);
-                metrics.dead_letters.set(0);
-            }
-        }
+        metrics.backlog.set(backlog.waiting);
+        metrics
+            .oldest_pending_seconds
+            .set(backlog.oldest.as_secs_f64());
+        metrics.dead_letters.set(backlog.dead);
     }
 }

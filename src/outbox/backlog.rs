@@ -18,6 +18,23 @@ pub struct TargetBacklog {
     pub dead: i64,
 }
 
+impl TargetBacklog {
+    /// The backlog of (`route`, `target`) among `rows`: an empty one when
+    /// it has no row (nothing waiting, nothing dead).
+    pub fn of(rows: &[TargetBacklog], route: &str, target: &str) -> TargetBacklog {
+        rows.iter()
+            .find(|row| row.route == route && row.target == target)
+            .cloned()
+            .unwrap_or_else(|| TargetBacklog {
+                route: route.to_owned(),
+                target: target.to_owned(),
+                waiting: 0,
+                oldest: Duration::ZERO,
+                dead: 0,
+            })
+    }
+}
+
 /// Every (route, target) with rows in the outbox; the others have none.
 pub async fn backlog_by_target(
     client: &ClientWrapper,
