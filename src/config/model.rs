@@ -135,13 +135,16 @@ impl IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchConfig {
-    /// Most deliveries one target's dispatcher claims at once; it keeps up
-    /// to about twice this many claimed ahead of sending.
+    /// Most deliveries one target's dispatcher reads at once; it holds up
+    /// to about twice this many ahead of sending.
     pub claim_batch: usize,
+    /// Shards per target: each is dispatched by one spool at a time, so
+    /// this is how many replicas can share one target's deliveries.
+    pub shards: u32,
     /// The slow poll behind LISTEN/NOTIFY wake-ups.
     pub poll_interval_ms: u64,
-    /// Added to the route's timeout to make a claim's lease: after it, a
-    /// crashed spool's deliveries are taken over.
+    /// Added to the slowest route's timeout to make a shard's lease: after
+    /// it, a crashed spool's shards are taken over.
     pub lease_margin_ms: u64,
     /// Most attempt outcomes written in one transaction.
     pub record_batch_max: usize,
@@ -154,6 +157,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
             claim_batch: 256,
+            shards: 16,
             poll_interval_ms: 1_000,
             lease_margin_ms: 10_000,
             record_batch_max: 512,

@@ -95,6 +95,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be between 1 and 1000".into(),
         );
     }
+    if !(1..=1_024).contains(&dispatch.shards) {
+        fail(
+            "dispatch.shards".into(),
+            "must be between 1 and 1024".into(),
+        );
+    }
     if dispatch.poll_interval_ms < 10 {
         fail(
             "dispatch.poll_interval_ms".into(),

@@ -8,24 +8,40 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::forward::AttemptResult;
-use super::worker::Target;
+use super::held::{Answer, Item};
+use super::recorder::ToRecord;
+use super::worker::{Event, Target};
 use crate::breaker::Verdict;
-use crate::outbox::{ClaimedDelivery, Fate, Outcome};
+use crate::outbox::{DueDelivery, Fate, Outcome};
 use crate::retry::{Decision, RetryPolicy};
 
-/// Sends one claimed delivery, counts it for the breaker and the metrics,
-/// and hands its outcome to the recorder.
-pub async fn run(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::Sender<Outcome>) {
+/// Sends one held delivery, counts it for the breaker and the metrics,
+/// tells the worker (so that the delivery's lane moves on at once) and
+/// hands the outcome to the recorder.
+pub async fn run(
+    target: Arc<Target>,
+    mut item: Item,
+    records: mpsc::Sender<ToRecord>,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let started = Instant::now();
-    let result = target.forwarder.send(&delivery).await;
+    // Its age now, not when it was read: a retry held in a lane ages there.
+    item.delivery.age += item.read_at.elapsed();
+    item.read_at = started;
+    let delivery = &item.delivery;
+    let result = target.forwarder.send(delivery).await;
     let metrics = &target.metrics;
     metrics
         .attempt_seconds
         .observe(started.elapsed().as_secs_f64());
-    let (verdict, fate) = judge(&target.policy, &delivery, result);
+    let (verdict, fate) = judge(&target.policy, delivery, result);
     if let Some(state) = target.breaker.record(verdict) {
         metrics.breaker_state.set(state.as_gauge());
     }
+    let answer = match &fate {
+        Fate::RetryIn { delay, .. } => Answer::RetryAt(Instant::now() + *delay),
+        Fate::Delivered | Fate::Dead { .. } => Answer::Done,
+    };
     match &fate {
         Fate::Delivered => {
             metrics.delivered.inc();
@@ -36,9 +52,12 @@ pub async fn run(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
         Fate::RetryIn { delay, error, .. } => {
             tracing::debug!(route = %target.route, target_name = %target.name, message_id = %delivery.message_id,
                 attempt = delivery.attempt, ?delay, error = %error, "attempt failed; retrying later");
-            let at = Instant::now() + *delay;
-            let mut next = target.next_due.lock().expect("next_due lock");
-            *next = Some(next.map_or(at, |n| n.min(at)));
+            if delivery.ordering_key.is_none() {
+                // Read again from the outbox when due.
+                let at = Instant::now() + *delay;
+                let mut next = target.next_due.lock().expect("next_due lock");
+                *next = Some(next.map_or(at, |n| n.min(at)));
+            }
             metrics.retried.inc();
         }
         Fate::Dead { error, .. } => {
@@ -47,22 +66,31 @@ pub async fn run(target: Arc<Target>, delivery: ClaimedDelivery, records: mpsc::
             metrics.dead.inc();
         }
     }
-    let record = Outcome {
+    let outcome = Outcome {
         message_id: delivery.message_id,
+        route: Arc::clone(&target.route),
         target: Arc::clone(&target.name),
+        shard: delivery.shard,
+        epoch: item.epoch,
         attempt: delivery.attempt,
         sole_target: target.sole_target,
         fate,
     };
+    let _ = events.send(Event::Answered { item, answer });
     // Waits while the recorder is behind (the database is slow): back-pressure.
-    let _ = records.send(record).await;
+    let _ = records
+        .send(ToRecord {
+            outcome,
+            reply: events,
+        })
+        .await;
     target.flow.finished();
 }
 
 /// How an attempt counts for the breaker and what becomes of the delivery.
 pub fn judge(
     policy: &RetryPolicy,
-    delivery: &ClaimedDelivery,
+    delivery: &DueDelivery,
     result: AttemptResult,
 ) -> (Verdict, Fate) {
     match result {
@@ -111,7 +139,7 @@ pub fn judge(
 
 fn after_failure(
     policy: &RetryPolicy,
-    delivery: &ClaimedDelivery,
+    delivery: &DueDelivery,
     status: Option<u16>,
     error: String,
     retry_after: Option<std::time::Duration>,

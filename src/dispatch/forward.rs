@@ -9,7 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::outbox::ClaimedDelivery;
+use crate::outbox::DueDelivery;
 use crate::retry::parse_retry_after;
 use crate::upstream::{self, BaseUrl, UpstreamClient, error_chain};
 
@@ -64,7 +64,7 @@ impl Forwarder {
     }
 
     /// Sends `delivery` once and reads (a bounded part of) the answer.
-    pub async fn send(&self, delivery: &ClaimedDelivery) -> AttemptResult {
+    pub async fn send(&self, delivery: &DueDelivery) -> AttemptResult {
         let request = match self.request(delivery) {
             Ok(request) => request,
             Err(error) => return AttemptResult::Invalid { error },
@@ -110,7 +110,7 @@ impl Forwarder {
         }
     }
 
-    fn request(&self, delivery: &ClaimedDelivery) -> Result<Request<Full<Bytes>>, String> {
+    fn request(&self, delivery: &DueDelivery) -> Result<Request<Full<Bytes>>, String> {
         let uri = self
             .base
             .join(&delivery.path, delivery.query.as_deref())

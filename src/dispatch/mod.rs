@@ -1,16 +1,19 @@
 //! Forwarding: every acknowledged write reaches every target of its route.
 //!
-//! One dispatcher task per (route, target) claims due deliveries under a
-//! lease and sends them; a recorder writes the outcomes back; LISTEN/NOTIFY
-//! and a slow poll wake the dispatchers; a sweep takes back expired leases;
-//! the backlog is read into the metrics. Each target has its own breaker and
-//! flow control, so a dead target never delays another.
+//! Each (route, target) is split into shards, each dispatched by one spool
+//! at a time under a lease with an epoch (the ownership task). One
+//! dispatcher task per (route, target) reads the due deliveries of the
+//! shards this spool owns and sends them, keyed ones in per-key lanes; a
+//! recorder writes the outcomes back under the epoch fence; LISTEN/NOTIFY
+//! and a slow poll wake the dispatchers; the backlog is read into the
+//! metrics. Each target has its own breaker and flow control, so a dead
+//! target never delays another.
 
 mod attempt;
 mod backlog;
 mod forward;
-mod lease_sweep;
-mod queue;
+mod held;
+mod ownership;
 mod recorder;
 mod wakeup;
 mod worker;
@@ -20,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use forward::{AttemptResult, Forwarder};
@@ -48,8 +51,12 @@ pub struct Dispatcher {
     pub wakeups: Arc<Wakeups>,
     workers: JoinSet<()>,
     background: JoinSet<()>,
-    recorder: tokio::task::JoinHandle<()>,
+    recorder: JoinHandle<()>,
+    ownership: JoinHandle<()>,
     cancel: CancellationToken,
+    /// Stops the ownership task, which hands the leases back: last, once
+    /// every outcome is recorded.
+    stop_owning: CancellationToken,
 }
 
 impl Dispatcher {
@@ -66,6 +73,8 @@ impl Dispatcher {
         let dispatch = &config.dispatch;
         let mut wakeups = Wakeups::default();
         let mut targets = Vec::new();
+        let mut owned = Vec::new();
+        let mut views = Vec::new();
         for route in &config.routes {
             for target in &route.targets {
                 let timeout = Duration::from_millis(route.timeout_ms);
@@ -76,11 +85,21 @@ impl Dispatcher {
                     .rate_limit
                     .with_label_values(&labels)
                     .set(route.rate.per_second);
+                let (view, watcher) = watch::channel(ownership::ShardView::default());
+                owned.push(ownership::OwnedTarget {
+                    route: route.name.as_str().into(),
+                    target: target.name.as_str().into(),
+                    configured: dispatch.shards as i32,
+                    drain: timeout,
+                    view,
+                });
+                views.push(watcher);
                 targets.push(Arc::new(worker::Target {
                     route: route.name.as_str().into(),
                     name: target.name.as_str().into(),
                     sole_target: route.targets.len() == 1,
                     forwarder: Forwarder::new(&target.url, timeout, route.rate.concurrency),
+                    timeout,
                     policy: RetryPolicy::from_config(&route.retry),
                     breaker: Arc::new(Breaker::new(
                         name,
@@ -114,14 +133,21 @@ impl Dispatcher {
             .map(|r| r.timeout_ms)
             .max()
             .unwrap_or(0);
+        let stop_owning = CancellationToken::new();
+        let ownership = tokio::spawn(ownership::run(
+            owned,
+            ownership::Settings {
+                pool: pool.clone(),
+                owner: Arc::clone(&owner),
+                // Long enough for the slowest attempt and its recording;
+                // after it, another spool may take a dead one's shards.
+                ttl: Duration::from_millis(max_timeout + dispatch.lease_margin_ms),
+            },
+            stop_owning.clone(),
+        ));
         let settings = worker::DispatchSettings {
             pool: pool.clone(),
-            owner,
-            // Long enough for the slowest attempt and its recording; after
-            // it, another spool may take the delivery over.
-            lease: Duration::from_millis(max_timeout + dispatch.lease_margin_ms),
-            lease_margin: Duration::from_millis(dispatch.lease_margin_ms),
-            claim_batch: dispatch.claim_batch,
+            read_batch: dispatch.claim_batch,
             poll: Duration::from_millis(dispatch.poll_interval_ms),
             records,
             cancel: cancel.clone(),
@@ -145,24 +171,14 @@ impl Dispatcher {
                 metrics: t.metrics.clone(),
             })
             .collect();
-        for target in targets {
-            workers.spawn(worker::run(target, settings.clone()));
+        for (target, view) in targets.into_iter().zip(views) {
+            workers.spawn(worker::run(target, view, settings.clone()));
         }
         drop(settings);
         let mut background = JoinSet::new();
         background.spawn(wakeup::listen(
             Arc::clone(&wakeups),
             address,
-            cancel.clone(),
-        ));
-        background.spawn(lease_sweep::run(
-            pool.clone(),
-            Arc::clone(&wakeups),
-            // A sweep walks past the index entries of rows delivered since
-            // the last vacuum: tens of milliseconds' work on a busy
-            // table, so not every poll. Leases run out a margin after the
-            // slowest attempt; sweeping twice per margin is soon enough.
-            Duration::from_millis(dispatch.lease_margin_ms / 2),
             cancel.clone(),
         ));
         background.spawn(backlog::run(
@@ -178,17 +194,21 @@ impl Dispatcher {
             workers,
             background,
             recorder,
+            ownership,
             cancel,
+            stop_owning,
         }
     }
 
-    /// Stops claiming, lets attempts in flight finish, records their
-    /// outcomes, then stops.
+    /// Stops reading, lets attempts in flight finish, records their
+    /// outcomes, hands the shard leases back, then stops.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.workers.join_next().await.is_some() {}
         // The workers held the last record senders: the recorder drains.
         let _ = self.recorder.await;
+        self.stop_owning.cancel();
+        let _ = self.ownership.await;
         while self.background.join_next().await.is_some() {}
     }
 }

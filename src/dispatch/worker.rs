@@ -1,27 +1,29 @@
-//! One dispatcher per (route, target): claims due deliveries in batches
-//! ahead of sending, sends each as its own task as the breaker and flow
-//! control allow, and otherwise sleeps until woken (a commit, a NOTIFY, a
-//! freed slot, a retry coming due, or the slow poll).
+//! One dispatcher per (route, target): reads the due deliveries of the
+//! shards this spool owns, holds them (unkeyed in read order, keyed in one
+//! lane per key), sends what breaker, flow control and the shard leases
+//! allow, each attempt as its own task, and otherwise sleeps until woken (a
+//! commit, a NOTIFY, an answer, a recorded outcome, a change of shards or
+//! settings, a retry coming due, or the slow poll).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Notify, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-
 use uuid::Uuid;
 
 use super::attempt;
 use super::forward::Forwarder;
-use super::queue::ClaimQueue;
+use super::held::{Answer, Held, Item, LANE_DEPTH, LaneRead};
+use super::ownership::ShardView;
+use super::recorder::ToRecord;
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::flow::{Blocked, FlowControl};
-use crate::outbox::{
-    ClaimPosition, ClaimedDelivery, Outcome, claim_due, release_leases, with_connection,
-};
+use crate::outbox::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane, with_connection};
 use crate::retry::RetryPolicy;
 use crate::telemetry::TargetMetrics;
 
@@ -32,11 +34,14 @@ pub struct Target {
     /// The route has no other target.
     pub sole_target: bool,
     pub forwarder: Forwarder,
+    /// The route's timeout: an attempt starts only while its shard's lease
+    /// has at least this long to run.
+    pub timeout: Duration,
     pub policy: RetryPolicy,
     pub breaker: Arc<Breaker>,
     pub flow: Arc<FlowControl>,
     pub wake: Arc<Notify>,
-    /// Earliest retry this spool scheduled and has not claimed yet.
+    /// Earliest unkeyed retry this spool scheduled and has not read yet.
     pub next_due: Mutex<Option<Instant>>,
     pub metrics: TargetMetrics,
 }
@@ -45,124 +50,206 @@ pub struct Target {
 #[derive(Clone)]
 pub struct DispatchSettings {
     pub pool: Pool,
-    pub owner: Arc<str>,
-    pub lease: Duration,
-    /// The part of the lease beyond the slowest attempt.
-    pub lease_margin: Duration,
-    pub claim_batch: usize,
+    /// Most deliveries read at once; about twice this many are held.
+    pub read_batch: usize,
     pub poll: Duration,
-    pub records: mpsc::Sender<Outcome>,
+    pub records: mpsc::Sender<ToRecord>,
     pub cancel: CancellationToken,
 }
 
-/// Bound on one claim or give-back, the wait for a connection included.
+/// What attempts and the recorder tell their worker.
+pub enum Event {
+    /// An attempt was answered (or gave up): `item` comes back for a
+    /// keyed retry.
+    Answered { item: Item, answer: Answer },
+    /// An outcome reached the outbox, or was refused there.
+    Recorded { message_id: Uuid },
+}
+
+/// Bound on one read, the wait for a connection included.
 const DB_CALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// Body bytes a dispatcher holds claimed ahead of sending, at most (give or
-/// take a claim's worth when bodies grow).
-const QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Body bytes a dispatcher holds unsent, at most (give or take a read's
+/// worth when bodies grow).
+const HELD_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-pub async fn run(target: Arc<Target>, settings: DispatchSettings) {
+/// How soon to look again when the next delivery's lease is too close to
+/// its end to start an attempt (its renewal is on the way).
+const LEASE_RECHECK: Duration = Duration::from_millis(50);
+
+pub async fn run(target: Arc<Target>, view: watch::Receiver<ShardView>, settings: DispatchSettings) {
     let now = Instant::now();
+    let (events_in, events) = mpsc::unbounded_channel();
     let mut worker = Worker {
         target,
         settings,
-        queue: ClaimQueue::default(),
-        tasks: JoinSet::new(),
-        claiming: None,
+        view,
+        owned: Vec::new(),
+        held: Held::default(),
+        events_in,
+        events,
+        attempts: JoinSet::new(),
+        reads: JoinSet::new(),
+        reading_due: false,
+        reading_lane: false,
+        lane_reads: VecDeque::new(),
         maybe_due: true,
         poll_at: now,
         cursor: None,
         full_scan_at: now,
-        head_scans_until: now,
+        mean_body: None,
     };
+    worker.shards_changed();
     while !worker.settings.cancel.is_cancelled() {
         worker.step().await;
     }
     worker.shut_down().await;
 }
 
-type ClaimResult = Result<Vec<ClaimedDelivery>, String>;
+struct ReadDone {
+    lane: bool,
+    asked: usize,
+    rows: Result<Vec<DueDelivery>, String>,
+}
 
 /// One target's dispatcher between two wake-ups.
 struct Worker {
     target: Arc<Target>,
     settings: DispatchSettings,
-    queue: ClaimQueue,
-    /// Attempts under way, and leases being given back.
-    tasks: JoinSet<()>,
-    /// The claim under way, with the number asked for and when it started.
-    claiming: Option<(JoinHandle<ClaimResult>, usize, Instant)>,
-    /// Whether a claim may find something. False once a claim came back
+    view: watch::Receiver<ShardView>,
+    /// The (shard, epoch) pairs owned when last looked.
+    owned: Vec<(i32, i64)>,
+    held: Held,
+    events_in: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    attempts: JoinSet<()>,
+    reads: JoinSet<ReadDone>,
+    reading_due: bool,
+    reading_lane: bool,
+    /// Lanes that ran dry with more of their key in the outbox.
+    lane_reads: VecDeque<LaneRead>,
+    /// Whether a read may find something. False once a read came back
     /// short, until a wake-up, a retry coming due or the poll.
     maybe_due: bool,
-    /// When to claim again although nothing woke us (the slow poll).
+    /// When to read again although nothing woke us (the slow poll).
     poll_at: Instant,
-    /// Where the last full batch ended: the next claim starts after it, not
-    /// at the head, where entries of delivered rows linger until vacuum.
-    cursor: Option<ClaimPosition>,
-    /// When the next claim scans from the head anyway, for what came due
-    /// behind the cursor: a late commit, a swept lease, a replay.
+    /// Where the last full read ended: the next starts after it, not at
+    /// the head, where entries of delivered rows linger until vacuum.
+    cursor: Option<ReadPosition>,
+    /// When the next read starts from the head anyway, for what came due
+    /// behind the cursor: a late commit, a replay, a retry.
     full_scan_at: Instant,
-    /// Until when every claim scans from the head, because ordering keys
-    /// are about: the next of a key becomes claimable only once its head is
-    /// delivered, long after a cursor has passed it by.
-    head_scans_until: Instant,
+    /// Mean body size of the last read, to size the next one.
+    mean_body: Option<usize>,
 }
 
 impl Worker {
-    /// Sends what breaker and flow control allow, starts a claim if the
-    /// queue runs low, then sleeps until something changes.
+    /// Takes in what attempts and the recorder said, sends what may go,
+    /// starts a read if little is held, then sleeps until something changes.
     async fn step(&mut self) {
-        while self.tasks.try_join_next().is_some() {}
-        let stale = self.queue.take_stale(Instant::now());
-        self.give_back(stale);
+        while self.attempts.try_join_next().is_some() {}
+        while let Ok(event) = self.events.try_recv() {
+            self.on_event(event);
+        }
+        let timer = self.held.wake_timers(Instant::now());
         let send_at = self.send_ready();
-        let claim_at = self.claim_if_low();
-        self.wait([send_at, claim_at].into_iter().flatten().min())
+        let read_at = self.read_if_low();
+        self.wait([send_at, timer, read_at].into_iter().flatten().min())
             .await;
     }
 
-    /// Sends queued deliveries while breaker and flow control allow.
-    /// Returns when sending may resume, if a timer says so (else an event
-    /// will: a finished attempt, a settings change).
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Answered { item, answer } => {
+                let (shard, epoch) = (item.delivery.shard, item.epoch);
+                if let Some(read) = self.held.answered(item, answer) {
+                    self.lane_reads.push_back(read);
+                }
+                if self.view.borrow().epoch_of(shard) != Some(epoch) {
+                    // A retry of a shard lost meanwhile went back to its lane.
+                    self.drop_lost_shards();
+                }
+            }
+            Event::Recorded { message_id } => self.held.recorded(message_id),
+        }
+    }
+
+    /// The shards owned changed: what is held of lost ones is dropped, and
+    /// new ones are read from their head.
+    fn shards_changed(&mut self) {
+        let owned: Vec<(i32, i64)> = {
+            let view = self.view.borrow_and_update();
+            view.held.iter().map(|(s, h)| (*s, h.epoch)).collect()
+        };
+        if owned.iter().any(|o| !self.owned.contains(o)) {
+            self.cursor = None;
+            self.maybe_due = true;
+        }
+        self.owned = owned;
+        self.drop_lost_shards();
+    }
+
+    fn drop_lost_shards(&mut self) {
+        let view = self.view.borrow().clone();
+        let dropped = self
+            .held
+            .retain_shards(|shard, epoch| view.epoch_of(shard) == Some(epoch));
+        self.lane_reads
+            .retain(|read| view.epoch_of(read.shard).is_some());
+        if dropped > 0 {
+            tracing::info!(route = %self.target.route, target_name = %self.target.name, deliveries = dropped,
+                "dropped held deliveries of shards now owned by another spool");
+        }
+    }
+
+    /// Sends held deliveries while breaker, flow control and the shard
+    /// leases allow. Returns when sending may resume, if a timer says so
+    /// (else an event will: an answer, a settings change).
     fn send_ready(&mut self) -> Option<Instant> {
-        while !self.queue.is_empty() {
+        while self.held.ready_len() > 0 {
             let (want, probe) = match self.target.breaker.permit() {
-                Permit::Go => (self.queue.len(), false),
+                Permit::Go => (self.held.ready_len(), false),
                 Permit::Probe => (1, true),
-                Permit::Wait(until) => {
-                    if until.is_some() {
-                        // Open: nothing goes out before the cool-down ends;
-                        // let the queued deliveries go back to the outbox.
-                        let queued = self.queue.take_all();
-                        self.give_back(queued);
-                    }
-                    return until;
-                }
+                // Open: nothing goes out before the cool-down ends; what is
+                // held stays held.
+                Permit::Wait(until) => return until,
             };
-            match self.target.flow.take(want) {
-                Ok(granted) => {
-                    for delivery in std::iter::from_fn(|| self.queue.pop()).take(granted) {
-                        let target = Arc::clone(&self.target);
-                        let records = self.settings.records.clone();
-                        self.tasks.spawn(attempt::run(target, delivery, records));
-                    }
-                }
+            let granted = match self.target.flow.take(want) {
+                Ok(granted) => granted,
                 Err(blocked) => {
                     if probe {
                         self.target.breaker.return_probe();
                     }
                     return match blocked {
                         Blocked::Until(at) => Some(at),
-                        Blocked::Full => None,
-                        Blocked::Stopped => {
-                            let queued = self.queue.take_all();
-                            self.give_back(queued);
-                            None
-                        }
+                        Blocked::Full | Blocked::Stopped => None,
                     };
                 }
+            };
+            let view = self.view.borrow().clone();
+            let timeout = self.target.timeout;
+            let mut sent = 0;
+            while sent < granted {
+                let next = self
+                    .held
+                    .next(|item| view.may_send(item.delivery.shard, item.epoch, timeout));
+                let Some(item) = next else { break };
+                let target = Arc::clone(&self.target);
+                let records = self.settings.records.clone();
+                let events = self.events_in.clone();
+                self.attempts
+                    .spawn(attempt::run(target, item, records, events));
+                sent += 1;
+            }
+            for _ in sent..granted {
+                self.target.flow.finished();
+            }
+            if sent == 0 {
+                if probe {
+                    self.target.breaker.return_probe();
+                }
+                // Refused by a lease about to be renewed, or nothing ready.
+                return (self.held.ready_len() > 0).then(|| Instant::now() + LEASE_RECHECK);
             }
             if probe {
                 // Nothing more until the probe's result is in.
@@ -172,11 +259,13 @@ impl Worker {
         None
     }
 
-    /// Starts a claim when the queue holds less than one batch and a claim
-    /// may find something the breaker and flow control would let out.
-    /// Returns when the breaker will allow one, if it does not now.
-    fn claim_if_low(&mut self) -> Option<Instant> {
-        if self.claiming.is_some() {
+    /// Starts a read of what is due when little is held and it may find
+    /// something the breaker and flow control would let out, and a read of
+    /// a lane that ran dry. Returns when the breaker will allow one, if it
+    /// does not now.
+    fn read_if_low(&mut self) -> Option<Instant> {
+        let view = self.view.borrow().clone();
+        if view.held.is_empty() {
             return None;
         }
         let flow = self.target.flow.settings();
@@ -186,53 +275,136 @@ impl Worker {
             Ok(()) => None,
         };
         if let Some(until) = blocked {
-            // Rows may come due meanwhile, unannounced (a retry's time, an
-            // expired lease): look as soon as sending may resume.
+            // Rows may come due meanwhile, unannounced: look as soon as
+            // sending may resume.
             self.maybe_due = true;
             return until;
         }
-        if !self.maybe_due {
+        if !self.reading_lane
+            && let Some(lane) = self.lane_reads.pop_front()
+        {
+            self.reading_lane = true;
+            self.start_read(&view, Some(lane), LANE_DEPTH + 1);
+        }
+        if self.reading_due || !self.maybe_due {
             return None;
         }
         let limit = match self.target.breaker.state() {
-            // At most a second's worth of sends, so that a slow rate does
-            // not hold leases on more than it can send before they end.
+            // At most a second's worth of sends.
             BreakerState::Closed => self
                 .settings
-                .claim_batch
+                .read_batch
                 .min(flow.per_second.ceil() as usize)
                 .max(1),
             // Enough for the probe.
             _ => 1,
         };
-        if self.queue.len() >= limit {
+        if self.held.unsent() >= limit {
             return None;
         }
-        let batch = self.queue.room(limit, QUEUE_BYTES_MAX);
+        let room = (2 * self.settings.read_batch).saturating_sub(self.held.len());
+        let mean = self.mean_body.unwrap_or(64 * 1024).max(1);
+        let fit = HELD_BYTES_MAX.saturating_sub(self.held.bytes()) / mean;
+        let floor = usize::from(self.held.unsent() == 0);
+        let batch = limit.min(room).min(fit).max(floor);
         if batch == 0 {
             return None;
         }
-        let started = Instant::now();
-        if started >= self.full_scan_at || started < self.head_scans_until {
+        let now = Instant::now();
+        if now >= self.full_scan_at {
             self.cursor = None;
         }
         if self.cursor.is_none() {
-            self.full_scan_at = started + self.settings.poll;
+            self.full_scan_at = now + self.settings.poll;
         }
-        let claim = claim(
-            self.settings.pool.clone(),
-            Arc::clone(&self.target),
-            self.settings.owner.clone(),
-            self.settings.lease,
-            batch,
-            self.cursor,
-        );
-        self.claiming = Some((tokio::spawn(claim), batch, started));
+        self.reading_due = true;
+        self.start_read(&view, None, batch);
         None
     }
 
-    /// Sleeps until `until`, a claim's result, a wake-up, a finished
-    /// attempt or settings change, a retry coming due, the poll, or shutdown.
+    fn start_read(&mut self, view: &ShardView, lane: Option<LaneRead>, limit: usize) {
+        self.held.begin_read();
+        let pool = self.settings.pool.clone();
+        let target = Arc::clone(&self.target);
+        let shards = view.shards;
+        let owned = match &lane {
+            Some(lane) => vec![lane.shard],
+            None => view.owned(),
+        };
+        let after = self.cursor;
+        self.reads.spawn(async move {
+            let rows = with_connection(&pool, DB_CALL_LIMIT, async |client| {
+                let set = ShardSet {
+                    route: &target.route,
+                    target: &target.name,
+                    shards,
+                    owned: &owned,
+                };
+                match &lane {
+                    Some(lane) => {
+                        read_lane(&*client, &set, &lane.key, lane.after_seq, limit as i64).await
+                    }
+                    None => read_due(&*client, &set, limit as i64, after).await,
+                }
+            })
+            .await
+            .map_err(|e| e.to_string());
+            ReadDone {
+                lane: lane.is_some(),
+                asked: limit,
+                rows,
+            }
+        });
+    }
+
+    fn on_read(&mut self, done: ReadDone) {
+        self.take_in(done);
+        // After taking in: until then, what was recorded during the read
+        // must stay filtered out.
+        self.held.end_read();
+    }
+
+    fn take_in(&mut self, done: ReadDone) {
+        if done.lane {
+            self.reading_lane = false;
+        } else {
+            self.reading_due = false;
+        }
+        let rows = match done.rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(route = %self.target.route, target_name = %self.target.name, error = %e,
+                    "cannot read due deliveries; retrying in a second");
+                if !done.lane {
+                    self.maybe_due = false;
+                    self.cursor = None;
+                    self.poll_at = Instant::now() + Duration::from_secs(1);
+                }
+                return;
+            }
+        };
+        if !done.lane {
+            self.maybe_due = rows.len() >= done.asked;
+            self.cursor = if self.maybe_due {
+                rows.iter().map(|d| d.position).max()
+            } else {
+                None
+            };
+            if !self.maybe_due {
+                self.poll_at = Instant::now() + self.settings.poll;
+            }
+            if !rows.is_empty() {
+                let bytes: usize = rows.iter().map(|d| d.body.len()).sum();
+                self.mean_body = Some(bytes / rows.len());
+            }
+        }
+        let view = self.view.borrow().clone();
+        self.held.admit(rows, |shard| view.epoch_of(shard));
+    }
+
+    /// Sleeps until `until`, a read's result, an event, a wake-up, a
+    /// change of shards or settings, a retry coming due, the poll, or
+    /// shutdown.
     async fn wait(&mut self, until: Option<Instant>) {
         let due = *self.target.next_due.lock().expect("next_due lock");
         let mut deadline = [until, due].into_iter().flatten().min();
@@ -245,18 +417,22 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
-        let claimed = async {
-            match self.claiming.as_mut() {
-                Some((handle, _, _)) => handle.await,
-                None => std::future::pending().await,
-            }
-        };
+        let reading = !self.reads.is_empty();
         tokio::select! {
             biased;
             () = self.settings.cancel.cancelled() => {}
-            claimed = claimed => self.claimed(claimed.unwrap_or_else(|e| Err(e.to_string()))),
+            Some(done) = self.reads.join_next(), if reading => match done {
+                Ok(done) => self.on_read(done),
+                Err(e) => {
+                    tracing::error!(error = %e, "a read task failed");
+                    self.held.end_read();
+                    (self.reading_due, self.reading_lane) = (false, false);
+                }
+            },
+            Some(event) = self.events.recv() => self.on_event(event),
             () = self.target.wake.notified() => self.maybe_due = true,
             () = self.target.flow.changed() => {}
+            Ok(()) = self.view.changed() => self.shards_changed(),
             () = sleep => {}
         }
         let now = Instant::now();
@@ -272,86 +448,11 @@ impl Worker {
         }
     }
 
-    fn claimed(&mut self, result: ClaimResult) {
-        let Some((_, asked, started)) = self.claiming.take() else {
-            return;
-        };
-        match result {
-            Ok(claimed) => {
-                self.maybe_due = claimed.len() >= asked;
-                if claimed.iter().any(|d| d.keyed) {
-                    self.head_scans_until = Instant::now() + self.settings.poll;
-                }
-                self.cursor = if self.maybe_due {
-                    claimed.iter().map(|d| d.position).max()
-                } else {
-                    None
-                };
-                if !self.maybe_due {
-                    self.poll_at = Instant::now() + self.settings.poll;
-                }
-                // Half the margin is left for recording the outcome.
-                let send_by = started + self.settings.lease_margin / 2;
-                self.queue.extend(claimed, send_by);
-            }
-            Err(e) => {
-                tracing::warn!(route = %self.target.route, target_name = %self.target.name, error = %e, "cannot claim deliveries; retrying in a second");
-                self.maybe_due = false;
-                self.cursor = None;
-                self.poll_at = Instant::now() + Duration::from_secs(1);
-            }
-        }
-    }
-
-    /// Frees the leases of claimed deliveries that will not be sent, in
-    /// the background. If that fails, the leases run out on their own.
-    fn give_back(&mut self, message_ids: Vec<Uuid>) {
-        if message_ids.is_empty() {
-            return;
-        }
-        // They keep their place in the claim order, behind the cursor.
-        self.cursor = None;
-        let pool = self.settings.pool.clone();
-        let target = Arc::clone(&self.target);
-        let owner = self.settings.owner.clone();
-        self.tasks.spawn(async move {
-            let released = with_connection(&pool, DB_CALL_LIMIT, async |client| {
-                release_leases(client, &message_ids, &target.name, &owner).await
-            })
-            .await;
-            let Err(error) = released else { return };
-            tracing::warn!(route = %target.route, target_name = %target.name, deliveries = message_ids.len(), error = %error,
-                "cannot give back unsent deliveries; they are claimable again when their lease runs out");
-        });
-    }
-
-    /// Gives back what was claimed and not sent, then lets the attempts in
-    /// flight finish (each bounded by the route's timeout) so that their
-    /// outcomes are recorded before the recorder stops.
+    /// Lets the attempts in flight finish (each bounded by the route's
+    /// timeout) so that their outcomes reach the recorder before it stops.
+    /// What is held unsent stays in the outbox for the next owner.
     async fn shut_down(mut self) {
-        if let Some((handle, _, _)) = self.claiming.take()
-            && let Ok(Ok(claimed)) = handle.await
-        {
-            self.queue.extend(claimed, Instant::now());
-        }
-        let queued = self.queue.take_all();
-        self.give_back(queued);
-        while self.tasks.join_next().await.is_some() {}
+        self.reads.abort_all();
+        while self.attempts.join_next().await.is_some() {}
     }
-}
-
-async fn claim(
-    pool: Pool,
-    target: Arc<Target>,
-    owner: Arc<str>,
-    lease: Duration,
-    limit: usize,
-    after: Option<ClaimPosition>,
-) -> ClaimResult {
-    with_connection(&pool, DB_CALL_LIMIT, async |client| {
-        let (route, name) = (&target.route, &target.name);
-        claim_due(client, route, name, limit as i64, &owner, lease, after).await
-    })
-    .await
-    .map_err(|e| e.to_string())
 }

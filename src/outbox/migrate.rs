@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "leased_state",
         include_str!("../../sql/0004_leased_state.sql"),
     ),
+    (
+        5,
+        "shard_owners",
+        include_str!("../../sql/0005_shard_owners.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

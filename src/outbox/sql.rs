@@ -75,81 +75,155 @@ pub const HEARTBEAT: &str = "
 INSERT INTO spool_heartbeat (owner, beat_at) VALUES ($1, now())
 ON CONFLICT (owner) DO UPDATE SET beat_at = excluded.beat_at";
 
-/// Claims up to $3 due deliveries of one target for owner $4, for $5
-/// seconds, in one statement: `FOR UPDATE SKIP LOCKED` so that spools
-/// sharing the database never claim the same row, and the claimed rows
-/// become 'leased', which takes them out of the due index. A delivery with
-/// an ordering key is claimable only while no earlier delivery of that key
-/// and target is pending or leased: one at a time, in acceptance order, and
-/// a failing head holds back its own key only. Attempts are counted when
-/// their outcome is recorded (`attempts` here is how many went before), so
-/// deliveries claimed ahead of sending and given back unsent are not
-/// charged one; an attempt cut short by a crash is not counted either.
-/// `$after` narrows the scan to rows past a position in the claim order.
-macro_rules! claim_due {
+/// The due deliveries of one target in the owned shards $4 (of $3), in
+/// order (due time, then acceptance), at most $5: a plain read, no row lock
+/// and no write, since only the shard's owner dispatches it. A keyed
+/// delivery comes with its key's previous queued delivery (`prev_id`, one
+/// backward index probe), so that the owner sends it only once what goes
+/// before it is done. Attempts are counted when their outcome is recorded
+/// (`attempts` here is how many went before).
+macro_rules! read_due {
     ($after:literal) => {
         concat!(
             "
-WITH due AS (
-    SELECT d.ctid
-    FROM spool_delivery d
-    WHERE d.route = $1 AND d.target = $2 AND d.state = 'pending'
-      AND d.next_attempt_at <= now()",
-            $after,
-            "
-      AND (d.ordering_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM spool_delivery h
-            WHERE h.route = d.route AND h.target = d.target
-              AND h.ordering_key = d.ordering_key
-              AND h.state IN ('pending', 'leased') AND h.seq < d.seq))
-    ORDER BY d.next_attempt_at, d.seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-),
-claimed AS (
-    UPDATE spool_delivery d
-    SET state = 'leased',
-        lease_owner = $4,
-        lease_expires_at = now() + make_interval(secs => $5)
-    -- By row address: a plan that does not depend on the table's size.
-    WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM due))
-    RETURNING d.message_id, d.attempts, d.next_attempt_at, d.seq,
-              d.ordering_key IS NOT NULL AS keyed
-)
-SELECT c.message_id, c.attempts, m.method, m.path, m.query, m.headers::text, m.body,
+SELECT d.message_id, d.attempts, m.method, m.path, m.query, m.headers::text, m.body,
        m.idempotency_key, m.traceparent, m.tracestate,
        EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s,
-       c.next_attempt_at, c.seq, c.keyed
-FROM claimed c
-JOIN spool_message m ON m.id = c.message_id"
+       d.next_attempt_at, d.seq, d.ordering_key, d.shard_hash % $3 AS shard, p.message_id
+FROM spool_delivery d
+JOIN spool_message m ON m.id = d.message_id
+LEFT JOIN LATERAL (
+    SELECT h.message_id FROM spool_delivery h
+    WHERE h.route = d.route AND h.target = d.target AND h.ordering_key = d.ordering_key
+      AND h.state = 'queued' AND h.seq < d.seq
+    ORDER BY h.seq DESC
+    LIMIT 1) p ON true
+WHERE d.route = $1 AND d.target = $2 AND d.state = 'queued'
+  AND d.next_attempt_at <= now()
+  AND d.shard_hash % $3 = ANY ($4::int4[])",
+            $after,
+            "
+ORDER BY d.next_attempt_at, d.seq
+LIMIT $5"
         )
     };
 }
 
-/// The claim from the head of the target's due deliveries.
-pub const CLAIM_DUE: &str = claim_due!("");
+/// The read from the head of the target's due deliveries.
+pub const READ_DUE: &str = read_due!("");
 
-/// The claim after position ($6, $7): the scan starts there instead of at
-/// the head, where the index entries of delivered rows linger until
-/// vacuum and every claim would walk past them.
-pub const CLAIM_DUE_AFTER: &str = claim_due!(
+/// The read after position ($6, $7): the scan starts there instead of at
+/// the head, where the index entries of delivered rows linger until vacuum.
+pub const READ_DUE_AFTER: &str = read_due!(
     "
-      AND (d.next_attempt_at, d.seq) > ($6, $7)"
+  AND (d.next_attempt_at, d.seq) > ($6, $7)"
 );
 
-/// Puts deliveries whose lease ran out (their spool died or lost the
-/// database mid-attempt) back to pending, a bounded number at a time, and
-/// names the routes touched so that their dispatchers wake.
-pub const SWEEP_EXPIRED_LEASES: &str = "
-UPDATE spool_delivery d
-SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL
-WHERE d.ctid = ANY (ARRAY(
-    SELECT ctid FROM spool_delivery
-    WHERE state = 'leased' AND lease_expires_at <= now()
-    LIMIT $1
+/// The queued deliveries of key $3 after seq $4, due or not, at most $5,
+/// in acceptance order: the next ones of a lane whose tail was not held.
+pub const READ_LANE: &str = "
+SELECT d.message_id, d.attempts, m.method, m.path, m.query, m.headers::text, m.body,
+       m.idempotency_key, m.traceparent, m.tracestate,
+       EXTRACT(EPOCH FROM (now() - m.accepted_at))::float8 AS age_s,
+       d.next_attempt_at, d.seq, d.ordering_key, d.shard_hash % $6 AS shard,
+       lag(d.message_id) OVER (ORDER BY d.seq)
+FROM spool_delivery d
+JOIN spool_message m ON m.id = d.message_id
+WHERE d.route = $1 AND d.target = $2 AND d.state = 'queued'
+  AND d.ordering_key = $3 AND d.seq > $4
+ORDER BY d.seq
+LIMIT $5";
+
+/// Makes the shard rows of (route, target) that do not exist yet, $3 of them.
+pub const ENSURE_SHARDS: &str = "
+INSERT INTO spool_shard (route, target, shard, shards)
+SELECT $1, $2, g, $3 FROM generate_series(0, $3 - 1) AS g
+ON CONFLICT DO NOTHING";
+
+/// The shard count stored for (route, target), and how many of its shards
+/// another spool ($3 is this one) holds a live lease on.
+pub const SHARD_COUNT: &str = "
+SELECT max(shards), count(*) FILTER (WHERE owner <> $3 AND lease_until > now())
+FROM spool_shard WHERE route = $1 AND target = $2";
+
+/// Replaces the shard rows of (route, target) by $3 new ones, their epochs
+/// past every old one so that no outcome written under an old epoch lands.
+pub const RESHARD: &str = "
+WITH old AS (
+    DELETE FROM spool_shard WHERE route = $1 AND target = $2 RETURNING epoch
+)
+INSERT INTO spool_shard (route, target, shard, shards, epoch)
+SELECT $1, $2, g, $3, (SELECT coalesce(max(epoch), 0) + 1 FROM old)
+FROM generate_series(0, $3 - 1) AS g";
+
+/// Says this spool ($3, for $4 seconds) serves each (route, target) of
+/// $1/$2, and lists every live spool serving them, this one included.
+pub const HEARTBEAT_MEMBERS: &str = "
+WITH beat AS (
+    INSERT INTO spool_member (route, target, owner, alive_until)
+    SELECT r, t, $3, now() + make_interval(secs => $4) FROM unnest($1::text[], $2::text[]) AS u (r, t)
+    ON CONFLICT (route, target, owner) DO UPDATE SET alive_until = excluded.alive_until
+    RETURNING route, target, owner
+)
+SELECT route, target, owner FROM spool_member
+WHERE alive_until > now() AND owner <> $3
+UNION ALL
+SELECT route, target, owner FROM beat";
+
+/// Forgets spools that have not been alive for an hour.
+pub const FORGET_MEMBERS: &str =
+    "DELETE FROM spool_member WHERE alive_until < now() - interval '1 hour'";
+
+/// Renews the leases on shards $3 at epochs $4 of (route, target) held by
+/// $5, for $6 seconds; returns the shards still held.
+pub const RENEW_SHARDS: &str = "
+UPDATE spool_shard s
+SET lease_until = now() + make_interval(secs => $6)
+FROM unnest($3::int4[], $4::int8[]) AS h (shard, epoch)
+WHERE s.route = $1 AND s.target = $2 AND s.shard = h.shard AND s.epoch = h.epoch
+  AND s.owner = $5
+RETURNING s.shard, s.epoch";
+
+/// Takes up to $3 shards of (route, target) that nobody holds a live lease
+/// on, other than $4 (held already), for $5 (for $6 seconds): the epoch
+/// moves on, which fences out any former owner's outcomes.
+pub const TAKE_SHARDS: &str = "
+UPDATE spool_shard s
+SET owner = $5, epoch = s.epoch + 1, lease_until = now() + make_interval(secs => $6)
+WHERE s.ctid = ANY (ARRAY(
+    SELECT ctid FROM spool_shard
+    WHERE route = $1 AND target = $2 AND lease_until <= now() AND shard <> ALL ($4::int4[])
+    ORDER BY shard
+    LIMIT $3
     FOR UPDATE SKIP LOCKED))
-  AND d.state = 'leased'
-RETURNING d.route";
+  AND s.lease_until <= now()
+RETURNING s.shard, s.epoch";
+
+/// Hands back shards $3 at epochs $4 of (route, target) held by $5, so
+/// that another spool may take them at once.
+pub const RELEASE_SHARDS: &str = "
+UPDATE spool_shard s
+SET owner = NULL, lease_until = '-infinity'
+FROM unnest($3::int4[], $4::int8[]) AS h (shard, epoch)
+WHERE s.route = $1 AND s.target = $2 AND s.shard = h.shard AND s.epoch = h.epoch
+  AND s.owner = $5";
+
+/// Hands back every shard $1 holds and says it is gone (at shutdown).
+pub const LEAVE: &str = "
+WITH gone AS (DELETE FROM spool_member WHERE owner = $1)
+UPDATE spool_shard SET owner = NULL, lease_until = '-infinity' WHERE owner = $1";
+
+/// Locks the shard rows that a batch of outcomes was made under, for as
+/// long as the batch's transaction, and returns those still held by $5 at
+/// the same epoch: only their outcomes are written. A take waits for the
+/// lock, so it sees the batch written or not at all.
+pub const FENCE_SHARDS: &str = "
+SELECT s.route, s.target, s.shard, s.epoch
+FROM spool_shard s
+JOIN unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS f (route, target, shard, epoch)
+  ON s.route = f.route AND s.target = f.target AND s.shard = f.shard AND s.epoch = f.epoch
+WHERE s.owner = $5
+FOR SHARE OF s";
 
 /// Locks the messages whose deliveries are being completed, in id order,
 /// so that two targets finishing one message at once cannot both miss
@@ -157,13 +231,13 @@ RETURNING d.route";
 pub const LOCK_MESSAGES: &str =
     "SELECT id FROM spool_message WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
-/// Removes delivered rows still leased by owner $3.
+/// Removes delivered rows.
 pub const DELETE_DELIVERED: &str = "
 DELETE FROM spool_delivery d
 USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
+WHERE d.message_id = r.message_id AND d.target = r.target";
 
-/// Removes delivered rows still leased by owner $3, of targets that are
+/// Removes delivered rows of targets that are
 /// their route's only one, and their messages in the same statement. The
 /// check for another delivery (a route that had more targets when the
 /// message was accepted) sees the rows as they were before this statement,
@@ -172,7 +246,7 @@ pub const DELETE_DELIVERED_SOLE: &str = "
 WITH gone AS (
     DELETE FROM spool_delivery d
     USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
-    WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3
+    WHERE d.message_id = r.message_id AND d.target = r.target
     RETURNING d.message_id, d.target
 )
 DELETE FROM spool_message m
@@ -187,36 +261,24 @@ DELETE FROM spool_message m
 WHERE m.id = ANY($1)
   AND NOT EXISTS (SELECT 1 FROM spool_delivery d WHERE d.message_id = m.id)";
 
-/// Frees the leases of claimed deliveries that were never sent (shutdown,
-/// an open breaker, a paused target), so that any spool may take them now
-/// rather than when the lease runs out.
-pub const RELEASE_LEASES: &str = "
-UPDATE spool_delivery d
-SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL
-FROM unnest($1::uuid[], $2::text[]) AS r (message_id, target)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $3";
-
-/// Schedules the next attempt `delay_s` from now, counts the attempt made
-/// and frees the lease.
+/// Schedules the next attempt `delay_s` from now and counts the attempt made.
 pub const SCHEDULE_RETRY: &str = "
 UPDATE spool_delivery d
-SET state = 'pending', next_attempt_at = now() + make_interval(secs => r.delay_s),
-    attempts = r.attempt, last_status = r.status, last_error = r.error,
-    lease_owner = NULL, lease_expires_at = NULL
+SET next_attempt_at = now() + make_interval(secs => r.delay_s),
+    attempts = r.attempt, last_status = r.status, last_error = r.error
 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[], $5::int2[], $6::text[])
     AS r (message_id, target, attempt, delay_s, status, error)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $7";
+WHERE d.message_id = r.message_id AND d.target = r.target";
 
 /// Turns deliveries into dead letters, keeping the attempt count, the last
 /// status and error.
 pub const MARK_DEAD: &str = "
 UPDATE spool_delivery d
 SET state = 'dead', dead_at = now(),
-    attempts = r.attempt, last_status = r.status, last_error = r.error,
-    lease_owner = NULL, lease_expires_at = NULL
+    attempts = r.attempt, last_status = r.status, last_error = r.error
 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int2[], $5::text[])
     AS r (message_id, target, attempt, status, error)
-WHERE d.message_id = r.message_id AND d.target = r.target AND d.lease_owner = $6";
+WHERE d.message_id = r.message_id AND d.target = r.target";
 
 /// Dead letters, newest first, filtered by route and target when given,
 /// paged by (dead_at, message_id, target) of the last row seen.
@@ -232,12 +294,11 @@ WHERE d.state = 'dead'
 ORDER BY d.dead_at DESC, d.message_id DESC, d.target DESC
 LIMIT $6";
 
-/// Puts dead letters back to pending with their attempts reset: all of one
+/// Queues dead letters again with their attempts reset: all of one
 /// message ($1) or all matching route/target when $1 is null.
 pub const REPLAY_DEAD: &str = "
 UPDATE spool_delivery d
-SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL
+SET state = 'queued', attempts = 0, next_attempt_at = now(), dead_at = NULL
 WHERE d.state = 'dead'
   AND ($1::uuid IS NULL OR d.message_id = $1)
   AND ($2::text IS NULL OR d.route = $2)
