@@ -188,10 +188,6 @@ async fn a_target_down_then_back_drains_and_the_breaker_spends_nothing_while_ope
         before,
         "attempts grew while the breaker was open"
     );
-    // And nothing is held claimed: what was queued went back to pending.
-    let leased = "SELECT count(*) FROM spool_delivery WHERE target = 'down' AND state = 'leased'";
-    assert_eq!(db_count(&env, leased).await, 0, "claimed while open");
-
     down.restart().await;
     assert_eventually!(
         down.received()
@@ -459,10 +455,6 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
     let paused_at = target.received().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(target.received().len(), paused_at, "sent while paused");
-    // What was claimed ahead of sending went back to the outbox, for any
-    // spool to take.
-    let leased = "SELECT count(*) FROM spool_delivery WHERE state = 'leased'";
-    assert_eventually!(db_count(&env, leased).await == 0);
     flow.set_paused(false);
     flow.set_rate(1000.0, None);
     assert_eventually!(target.received().len() == 20);
@@ -470,7 +462,7 @@ async fn rate_zero_stops_sending_until_changed_at_run_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_gives_back_what_was_claimed_and_not_sent() {
+async fn shutdown_leaves_what_was_not_sent_and_hands_its_shards_back() {
     let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(300), 200)).await;
     let extra = "  [routes.rate]\n  concurrency = 1\n";
     let mut env = TestEnv::start_routes(&route("orders", &[("t", &target)], extra)).await;
@@ -481,16 +473,17 @@ async fn shutdown_gives_back_what_was_claimed_and_not_sent() {
         );
     }
     assert_eventually!(!target.received().is_empty());
-    let leased = "SELECT count(*) FROM spool_delivery WHERE state = 'leased'";
-    assert!(
-        db_count(&env, leased).await > 1,
-        "more claimed than the one in flight"
+    let owned = "SELECT count(*) FROM spool_shard WHERE owner IS NOT NULL AND lease_until > now()";
+    assert_eq!(
+        db_count(&env, owned).await,
+        16,
+        "one spool owns every shard"
     );
     env.spool.take().unwrap().shutdown().await;
     assert_eq!(
-        db_count(&env, leased).await,
+        db_count(&env, owned).await,
         0,
-        "claimed deliveries held past shutdown"
+        "shards held past shutdown: another spool would wait for their leases to run out"
     );
     let left = db_count(&env, "SELECT count(*) FROM spool_delivery").await;
     let delivered = target.received().len() as i64;
@@ -518,8 +511,8 @@ async fn a_redirect_is_not_followed() {
     env.stop().await;
 }
 
-/// A target taking 10 ms per request, two at a time, claimed four at a
-/// time (so that batches come back full and claims go after the cursor),
+/// A target taking 10 ms per request, two at a time, read four at a
+/// time (so that batches come back full and reads go after the cursor),
 /// paused while the test builds its backlog.
 async fn slow_paused_target_small_batches() -> (FakeTarget, TestEnv, Arc<FlowControl>) {
     let target = FakeTarget::start(|_, _| Answer::Slow(Duration::from_millis(10), 200)).await;
@@ -539,7 +532,7 @@ async fn slow_paused_target_small_batches() -> (FakeTarget, TestEnv, Arc<FlowCon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
+async fn a_delivery_due_behind_the_read_cursor_is_found_within_a_poll() {
     let (target, env, flow) = slow_paused_target_small_batches().await;
     let mut last = None;
     for i in 0..300 {
@@ -551,17 +544,17 @@ async fn a_delivery_due_behind_the_claim_cursor_is_found_within_a_poll() {
     flow.set_paused(false);
     assert_eventually!(target.received().len() >= 20);
     // The newest write now sorts first, as a late commit or a delivery
-    // given back by another spool would: behind where claims start.
+    // given back by another spool would: behind where reads start.
     let client = env.pg.client().await;
     let moved = client
         .execute(
             "UPDATE spool_delivery SET next_attempt_at = now() - interval '1 hour'
-             WHERE message_id = $1 AND state = 'pending'",
+             WHERE message_id = $1 AND state = 'queued'",
             &[&last],
         )
         .await
         .unwrap();
-    assert_eq!(moved, 1, "the newest write was claimed already");
+    assert_eq!(moved, 1, "the newest write was delivered already");
     assert_eventually!(ids_received(&target).contains(&last));
     let delivered = target.received().len();
     assert!(
@@ -592,8 +585,8 @@ async fn a_keys_next_delivery_is_not_left_behind_by_a_backlog() {
         }
     }
     flow.set_paused(false);
-    // Each of the key's deliveries becomes claimable only once the one
-    // before it is delivered, while the unkeyed backlog is being claimed.
+    // Each of the key's deliveries is sent only once the one
+    // before it is delivered, while the unkeyed backlog is being read.
     assert_eventually!({
         let received = ids_received(&target);
         keyed.iter().all(|id| received.contains(id))

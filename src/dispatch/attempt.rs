@@ -76,7 +76,10 @@ pub async fn run(
         sole_target: target.sole_target,
         fate,
     };
-    let _ = events.send(Event::Answered { item, answer });
+    let _ = events.send(Event::Answered {
+        item: Box::new(item),
+        answer,
+    });
     // Waits while the recorder is behind (the database is slow): back-pressure.
     let _ = records
         .send(ToRecord {

@@ -155,7 +155,9 @@ impl Held {
         }
         // Within a key, in acceptance order, so that each finds the one
         // before it already taken in.
-        keyed.sort_by(|a, b| (&a.ordering_key, a.position.seq).cmp(&(&b.ordering_key, b.position.seq)));
+        keyed.sort_by(|a, b| {
+            (&a.ordering_key, a.position.seq).cmp(&(&b.ordering_key, b.position.seq))
+        });
         for delivery in keyed {
             if self.is_known(delivery.message_id) {
                 continue;
@@ -270,7 +272,7 @@ impl Held {
                 self.next_unkeyed(&mut may_send)
             };
             match found {
-                Next::Item(item) => return Some(item),
+                Next::Item(item) => return Some(*item),
                 Next::Refused => return None,
                 Next::Empty => {}
             }
@@ -288,7 +290,7 @@ impl Held {
         let item = self.unkeyed.pop_front().expect("front exists");
         self.unhold(&item);
         self.known.insert(item.delivery.message_id, State::InFlight);
-        Next::Item(item)
+        Next::Item(Box::new(item))
     }
 
     fn next_of_lanes(&mut self, may_send: &mut impl FnMut(&Item) -> bool) -> Next {
@@ -316,7 +318,7 @@ impl Held {
             lane.last_seq = lane.last_seq.max(item.delivery.position.seq);
             self.unhold(&item);
             self.known.insert(item.delivery.message_id, State::InFlight);
-            return Next::Item(item);
+            return Next::Item(Box::new(item));
         }
         Next::Empty
     }
@@ -422,7 +424,7 @@ impl Held {
 }
 
 enum Next {
-    Item(Item),
+    Item(Box<Item>),
     /// The next one may not go yet.
     Refused,
     Empty,
@@ -535,7 +537,10 @@ mod tests {
         let mut held = Held::default();
         let mut other = row(2, None, None);
         other.shard = 1;
-        held.admit(vec![row(1, None, None), other, row(3, Some("k"), None)], owned);
+        held.admit(
+            vec![row(1, None, None), other, row(3, Some("k"), None)],
+            owned,
+        );
         assert_eq!(held.retain_shards(|shard, _| shard == 1), 2);
         assert_eq!(held.next(|_| true).map(|i| id(&i)), Some(2));
         assert!(held.next(|_| true).is_none());

@@ -236,7 +236,11 @@ async fn one_round(
                 .extend(extra.into_iter().map(|(l, _)| (l, release_at)));
         } else if holding < share {
             let taken_at = Instant::now();
-            let held: Vec<ShardLease> = mine.iter().copied().filter(|l| renewed.contains(l)).collect();
+            let held: Vec<ShardLease> = mine
+                .iter()
+                .copied()
+                .filter(|l| renewed.contains(l))
+                .collect();
             let taken = take_shards(
                 &client,
                 route,

@@ -61,7 +61,7 @@ pub struct DispatchSettings {
 pub enum Event {
     /// An attempt was answered (or gave up): `item` comes back for a
     /// keyed retry.
-    Answered { item: Item, answer: Answer },
+    Answered { item: Box<Item>, answer: Answer },
     /// An outcome reached the outbox, or was refused there.
     Recorded { message_id: Uuid },
 }
@@ -77,7 +77,11 @@ const HELD_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// its end to start an attempt (its renewal is on the way).
 const LEASE_RECHECK: Duration = Duration::from_millis(50);
 
-pub async fn run(target: Arc<Target>, view: watch::Receiver<ShardView>, settings: DispatchSettings) {
+pub async fn run(
+    target: Arc<Target>,
+    view: watch::Receiver<ShardView>,
+    settings: DispatchSettings,
+) {
     let now = Instant::now();
     let (events_in, events) = mpsc::unbounded_channel();
     let mut worker = Worker {
@@ -162,7 +166,7 @@ impl Worker {
         match event {
             Event::Answered { item, answer } => {
                 let (shard, epoch) = (item.delivery.shard, item.epoch);
-                if let Some(read) = self.held.answered(item, answer) {
+                if let Some(read) = self.held.answered(*item, answer) {
                     self.lane_reads.push_back(read);
                 }
                 if self.view.borrow().epoch_of(shard) != Some(epoch) {

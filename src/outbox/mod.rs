@@ -13,16 +13,16 @@ pub mod sql;
 mod tls;
 
 pub use backlog::{TargetBacklog, backlog_by_target};
-pub use due::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane};
 pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
+pub use due::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane};
 pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};
 pub use pool::{DbError, connect_pool, heartbeat, with_connection};
 pub use shards::{
-    ShardLease, ensure_shards, forget_members, heartbeat_members, leave, release_shards, renew_shards,
-    take_shards,
+    ShardLease, ensure_shards, forget_members, heartbeat_members, leave, release_shards,
+    renew_shards, take_shards,
 };
 pub use tls::{DbAddress, DbAddressError};

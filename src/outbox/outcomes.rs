@@ -167,9 +167,7 @@ impl OutcomeBatch {
         let applied: Vec<bool> = self
             .outcomes
             .iter()
-            .map(|o| {
-                held.contains(&(o.route.to_string(), o.target.to_string(), o.shard, o.epoch))
-            })
+            .map(|o| held.contains(&(o.route.to_string(), o.target.to_string(), o.shard, o.epoch)))
             .collect();
         let mut arrays = Arrays::default();
         // A later outcome of the same delivery supersedes an earlier one.

@@ -109,8 +109,7 @@ pub async fn renew_shards(
     let (shards, epochs) = split(held);
     let ttl_s = ttl.as_secs_f64();
     let statement = client.prepare_cached(sql::RENEW_SHARDS).await?;
-    let params: [&(dyn ToSql + Sync); 6] =
-        [&route, &target, &shards, &epochs, &owner, &ttl_s];
+    let params: [&(dyn ToSql + Sync); 6] = [&route, &target, &shards, &epochs, &owner, &ttl_s];
     Ok(leases(client.query(&statement, &params).await?))
 }
 
