@@ -103,6 +103,12 @@ struct Args {
     /// Rounds of the small backlog.
     #[arg(long, default_value_t = 5)]
     small_rounds: usize,
+    /// Ordering keys of the keyed drain, beside the unkeyed small backlog.
+    #[arg(long, default_value_t = 64)]
+    keys: i64,
+    /// The backlog of the one-key drain (one delivery at a time).
+    #[arg(long, default_value_t = 3_000)]
+    one_key_backlog: i64,
     /// The large backlog, measured over a window.
     #[arg(long, default_value_t = 1_000_000)]
     large_backlog: i64,
@@ -443,15 +449,17 @@ WITH stamped AS (
     FROM generate_series($1::bigint, $2::bigint - 1) AS g
 ),
 messages AS (
-    INSERT INTO spool_message (id, format_version, route, method, path, headers, body, accepted_at)
+    INSERT INTO spool_message (id, format_version, route, method, path, headers, body, accepted_at,
+                               ordering_key)
     SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
             || '7000' || '8' || lpad(to_hex(g), 15, '0'))::uuid,
-           1, $3, 'POST', '/orders', '[[\"content-type\", \"application/json\"]]', $6, at
+           1, $3, 'POST', '/orders', '[[\"content-type\", \"application/json\"]]', $6, at,
+           CASE WHEN $9::bigint > 0 THEN 'key-' || (g % $9::bigint) END
     FROM stamped
-    RETURNING id, seq, accepted_at
+    RETURNING id, seq, accepted_at, ordering_key
 )
-INSERT INTO spool_delivery (message_id, route, target, seq, next_attempt_at, created_at)
-SELECT id, $3, $4, seq, accepted_at, accepted_at FROM messages";
+INSERT INTO spool_delivery (message_id, route, target, seq, next_attempt_at, created_at, ordering_key)
+SELECT id, $3, $4, seq, accepted_at, accepted_at, ordering_key FROM messages";
 
 /// How the preloaded deliveries are stamped (`next_attempt_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -463,12 +471,14 @@ enum Stamps {
     One,
 }
 
-/// Empties the tables, loads `count` pending deliveries, and leaves them
-/// as a long-lived backlog would be: vacuumed, analyzed, checkpointed.
+/// Empties the tables, loads `count` pending deliveries (spread over
+/// `keys` ordering keys, none when 0), and leaves them as a long-lived
+/// backlog would be: vacuumed, analyzed, checkpointed.
 async fn load_backlog(
     admin: &tokio_postgres::Client,
     count: i64,
     stamps: Stamps,
+    keys: i64,
 ) -> Result<(), BoxError> {
     admin
         .batch_execute("TRUNCATE spool_message, spool_delivery")
@@ -499,6 +509,7 @@ async fn load_backlog(
                     &body,
                     &newest,
                     &count,
+                    &keys,
                 ],
             )
             .await?;
@@ -534,27 +545,21 @@ async fn rows_left(admin: &tokio_postgres::Client) -> Result<(i64, i64), BoxErro
     Ok((row.get(0), row.get(1)))
 }
 
-/// Stops the target and waits until every attempt in flight is over and its
-/// outcome written: no delivery is leased any more.
-async fn pause(target: &TargetHandle, admin: &tokio_postgres::Client) -> Result<(), BoxError> {
+/// Stops the target and waits until every attempt in flight is over and,
+/// a moment later, its outcome written. A paused dispatcher lets go of
+/// what it held unsent, so the tables can be emptied and loaded again.
+async fn pause(target: &TargetHandle) -> Result<(), BoxError> {
     target.flow.set_paused(true);
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let leased: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM spool_delivery WHERE lease_owner IS NOT NULL",
-                &[],
-            )
-            .await?
-            .get(0);
-        if target.flow.in_flight() == 0 && leased == 0 {
-            return Ok(());
-        }
+    while target.flow.in_flight() > 0 {
         if Instant::now() > deadline {
-            return Err(format!("{leased} deliveries still leased 30 s after pausing").into());
+            return Err("attempts still in flight 30 s after pausing".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The recorder writes a batch within milliseconds of its last outcome.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 /// spool-side figures over a window, from its metrics and Postgres's.
@@ -564,8 +569,10 @@ struct Internals {
     mean_in_flight: f64,
     /// Mean time of one attempt (the HTTP exchange with the sink).
     mean_attempt: Duration,
-    /// Postgres commits (claims and outcome batches) per delivery.
+    /// Postgres commits (reads and outcome batches) per delivery.
     commits_per_delivery: f64,
+    /// Write-ahead log per delivery: what Postgres wrote for it, exactly.
+    wal_bytes_per_delivery: f64,
 }
 
 /// Samples attempts in flight every millisecond until stopped.
@@ -602,6 +609,7 @@ struct Counters {
     attempts: u64,
     attempt_seconds: f64,
     commits: i64,
+    wal_bytes: f64,
 }
 
 impl Counters {
@@ -612,17 +620,18 @@ impl Counters {
             .with_label_values(&[ROUTE, TARGET]);
         // Backends report their counts at most once a second: close enough
         // over a window of several seconds, and marked as approximate.
-        let commits = admin
+        let row = admin
             .query_one(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                "SELECT xact_commit, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8
+                 FROM pg_stat_database WHERE datname = current_database()",
                 &[],
             )
-            .await?
-            .get(0);
+            .await?;
         Ok(Counters {
             attempts: histogram.get_sample_count(),
             attempt_seconds: histogram.get_sample_sum(),
-            commits,
+            commits: row.get(0),
+            wal_bytes: row.get(1),
         })
     }
 
@@ -640,6 +649,7 @@ impl Counters {
             mean_in_flight,
             mean_attempt: Duration::from_secs_f64(seconds / attempts as f64),
             commits_per_delivery: (later.commits - self.commits) as f64 / delivered.max(1) as f64,
+            wal_bytes_per_delivery: (later.wal_bytes - self.wal_bytes) / delivered.max(1) as f64,
         })
     }
 }
@@ -738,7 +748,7 @@ impl Bench<'_> {
             "spool: round {round} of {}, draining a backlog of {}",
             args.small_rounds, args.small_backlog
         );
-        self.drain_all(args.small_backlog).await
+        self.drain_all(args.small_backlog, 0).await
     }
 
     /// Loads `backlog` deliveries, resumes the target, and waits for the
@@ -747,8 +757,8 @@ impl Bench<'_> {
     /// last ones trickle in as the backlog runs dry, neither of which a
     /// window in the middle of a big backlog has. The time from the resume
     /// to the last arrival is kept too.
-    async fn drain_all(&self, backlog: i64) -> Result<Drain, BoxError> {
-        load_backlog(self.admin, backlog, self.stamps).await?;
+    async fn drain_all(&self, backlog: i64, keys: i64) -> Result<Drain, BoxError> {
+        load_backlog(self.admin, backlog, self.stamps, keys).await?;
         let watch = self.watch().await?;
         self.sink.log_arrivals();
         let resumed = Instant::now();
@@ -784,7 +794,7 @@ impl Bench<'_> {
         warmup: Duration,
         window: Duration,
     ) -> Result<Drain, BoxError> {
-        load_backlog(self.admin, backlog, self.stamps).await?;
+        load_backlog(self.admin, backlog, self.stamps, 0).await?;
         let resumed_at = self.sink.requests();
         self.target.flow.set_paused(false);
         tokio::time::sleep(warmup).await;
@@ -820,7 +830,7 @@ impl Bench<'_> {
                 window.mean_in_flight,
             )
             .await?;
-        pause(&self.target, self.admin).await?;
+        pause(&self.target).await?;
         Ok(Drain {
             backlog,
             delivered: window.delivered,
@@ -937,6 +947,10 @@ struct Report {
     settings: String,
     wrk: WrkRun,
     small: Vec<Drain>,
+    /// The small backlog over `--keys` ordering keys.
+    keyed: Drain,
+    /// `--one-key-backlog` deliveries of one key.
+    one_key: Drain,
     large: Drain,
     latency: Latency,
 }
@@ -1011,12 +1025,14 @@ async fn measure(
     let spool = Spool::start(config).await?;
     let phases = spool_phases(args, &spool, sink, &admin, pg.postmaster_pid()).await;
     spool.shutdown().await;
-    let (small, large, latency) = phases?;
+    let (small, (keyed, one_key), large, latency) = phases?;
     Ok(Report {
         server,
         settings,
         wrk,
         small,
+        keyed,
+        one_key,
         large,
         latency,
     })
@@ -1028,7 +1044,7 @@ async fn spool_phases(
     sink: &Sink,
     admin: &tokio_postgres::Client,
     postmaster: Option<u32>,
-) -> Result<(Vec<Drain>, Drain, Latency), BoxError> {
+) -> Result<(Vec<Drain>, (Drain, Drain), Drain, Latency), BoxError> {
     let target = spool
         .target(ROUTE, TARGET)
         .ok_or("spool has no dispatcher for the bench route")?;
@@ -1040,7 +1056,7 @@ async fn spool_phases(
         admin,
         postmaster,
     };
-    pause(&bench.target, admin).await?;
+    pause(&bench.target).await?;
 
     // Half the small rounds before the large window and half after, so
     // that the machine drifting (it does, by 20-30%) weighs on both sides
@@ -1050,6 +1066,18 @@ async fn spool_phases(
     for round in 1..=before {
         small.push(bench.small_round(args, round).await?);
     }
+    // Keyed drains between unkeyed rounds, so that the ratios compare
+    // like with like.
+    eprintln!(
+        "spool: draining {} deliveries over {} ordering keys",
+        args.small_backlog, args.keys
+    );
+    let keyed = bench.drain_all(args.small_backlog, args.keys).await?;
+    eprintln!(
+        "spool: draining {} deliveries of one ordering key",
+        args.one_key_backlog
+    );
+    let one_key = bench.drain_all(args.one_key_backlog, 1).await?;
     eprintln!(
         "spool: loading a backlog of {}, then {} s warm-up + {} s",
         args.large_backlog, args.warmup, args.secs
@@ -1070,7 +1098,7 @@ async fn spool_phases(
         .await?;
     bench.target.flow.set_paused(false);
     let latency = measure_latency(args, spool, sink).await?;
-    Ok((small, large, latency))
+    Ok((small, (keyed, one_key), large, latency))
 }
 
 // ---------------------------------------------------------------------------
@@ -1138,6 +1166,21 @@ fn print_report(args: &Args, r: &Report) {
         verdict((ratio_backlog - 1.0).abs() <= 0.10),
         thousands(slower)
     );
+    let keyed_ratio = r.keyed.per_second() / small.per_second();
+    println!(
+        "spool drain over {} keys ({})       : {:.0}/s   ({keyed_ratio:.2} of unkeyed; target >= 0.8: {})",
+        args.keys,
+        thousands(args.small_backlog),
+        r.keyed.per_second(),
+        verdict(keyed_ratio >= 0.8)
+    );
+    let one_ratio = r.one_key.per_second() / small.per_second();
+    println!(
+        "spool drain of one key ({})         : {:.0}/s   ({one_ratio:.2} of unkeyed; target >= 0.1: {})",
+        thousands(args.one_key_backlog),
+        r.one_key.per_second(),
+        verdict(one_ratio >= 0.1)
+    );
     print_latency(args, &r.latency, p50);
     println!();
     println!(
@@ -1194,9 +1237,11 @@ fn print_cpu(args: &Args, r: &Report, small: &Drain) {
     );
     println!();
     println!(
-        "spool side:  window            in flight  attempt  PG commits/delivery  CPU µs/delivery: spool  Postgres  sink"
+        "spool side:  window            in flight  attempt  PG commits/delivery  WAL bytes/delivery  CPU µs/delivery: spool  Postgres  sink"
     );
     internals_row(&format!("{} backlog", thousands(args.small_backlog)), small);
+    internals_row(&format!("{} keys", args.keys), &r.keyed);
+    internals_row("1 key", &r.one_key);
     internals_row(&format!("{} backlog", thousands(r.large.backlog)), &r.large);
     println!(
         "             (in flight: mean attempts under way, of {}, sampled every ms; attempt: mean \
@@ -1250,10 +1295,11 @@ fn internals_row(name: &str, drain: &Drain) {
     let i = &drain.internals;
     let cpu = &drain.cpu;
     println!(
-        "             {name:<16} {:>9.1}  {:>7}  {:>19.3}  {:>22.0}  {:>8.0}  {:>4.0}",
+        "             {name:<16} {:>9.1}  {:>7}  {:>19.3}  {:>18.0}  {:>22.0}  {:>8.0}  {:>4.0}",
         i.mean_in_flight,
         ms(i.mean_attempt),
         i.commits_per_delivery,
+        i.wal_bytes_per_delivery,
         drain.micros_per_delivery(cpu.spool),
         drain.micros_per_delivery(cpu.pg_backends + cpu.pg_background),
         drain.micros_per_delivery(cpu.sink),
@@ -1290,6 +1336,7 @@ fn aggregate(rounds: &[Drain]) -> Drain {
                 d.internals.mean_attempt.as_secs_f64()
             })),
             commits_per_delivery: mean(&|d| d.internals.commits_per_delivery),
+            wal_bytes_per_delivery: mean(&|d| d.internals.wal_bytes_per_delivery),
         },
         ..Drain::default()
     }

@@ -1,6 +1,7 @@
 //! Several spools on one database, and spools killed while delivering:
-//! leases and SKIP LOCKED keep each delivery to one sender at a time, and an
-//! expired lease is taken over, so nothing is lost.
+//! shard leases keep each delivery to one sender at a time, and a dead
+//! spool's shards are taken over once their leases run out, so nothing is
+//! lost.
 
 mod support;
 

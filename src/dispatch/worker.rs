@@ -226,7 +226,15 @@ impl Worker {
                     }
                     return match blocked {
                         Blocked::Until(at) => Some(at),
-                        Blocked::Full | Blocked::Stopped => None,
+                        Blocked::Full => None,
+                        Blocked::Stopped => {
+                            // Paused or at rate 0, perhaps for long: what is
+                            // held waits in the outbox instead, and is read
+                            // again (as it then is) on resume.
+                            self.held.retain_shards(|_, _| false);
+                            self.cursor = None;
+                            None
+                        }
                     };
                 }
             };
