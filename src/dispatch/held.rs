@@ -83,6 +83,9 @@ pub struct Held {
     timers: BTreeSet<(Instant, String)>,
     known: HashMap<Uuid, State>,
     tombstones: HashSet<Uuid>,
+    /// Keys with a delivery left in the outbox and no lane to read it
+    /// when it runs dry: the lane made for them next reads more.
+    starved: HashSet<String>,
     reads: usize,
     unsent: usize,
     bytes: usize,
@@ -163,18 +166,21 @@ impl Held {
                 continue;
             }
             if delivery.prev_id.is_some_and(|prev| !self.is_known(prev)) {
+                let key = delivery.ordering_key.clone().unwrap_or_default();
+                self.left_in_outbox(key);
                 continue;
             }
             let Some(epoch) = epoch_of(delivery.shard) else {
                 continue;
             };
             let key = delivery.ordering_key.clone().unwrap_or_default();
+            let starved = &mut self.starved;
             let lane = self.lanes.entry(key.clone()).or_insert_with(|| Lane {
                 shard: delivery.shard,
                 unsent: BTreeMap::new(),
                 in_flight: None,
                 last_seq: i64::MIN,
-                truncated: false,
+                truncated: starved.remove(&key),
                 listed: false,
             });
             let waiting = lane
@@ -220,6 +226,38 @@ impl Held {
             admitted += 1;
         }
         admitted
+    }
+
+    /// A delivery of `key` was left in the outbox: the key's lane reads
+    /// more of it once it runs dry.
+    fn left_in_outbox(&mut self, key: String) {
+        match self.lanes.get_mut(&key) {
+            Some(lane) => lane.truncated = true,
+            None => {
+                // Bounded: a forgotten key is found again by the next read
+                // from the head.
+                if self.starved.len() >= 10_000 {
+                    self.starved.clear();
+                }
+                self.starved.insert(key);
+            }
+        }
+    }
+
+    /// A read of `key`'s lane came back full: there may be more after
+    /// `last_seq`. Returns the read to make now if no lane will make it.
+    pub fn more_of(&mut self, key: &str, shard: i32, last_seq: i64) -> Option<LaneRead> {
+        match self.lanes.get_mut(key) {
+            Some(lane) => {
+                lane.truncated = true;
+                None
+            }
+            None => Some(LaneRead {
+                key: key.to_owned(),
+                shard,
+                after_seq: last_seq,
+            }),
+        }
     }
 
     fn is_known(&self, id: Uuid) -> bool {
@@ -367,7 +405,8 @@ impl Held {
                     return None;
                 }
                 let lane = self.lanes.remove(&key).expect("lane exists");
-                lane.truncated.then_some(LaneRead {
+                let more = lane.truncated | self.starved.remove(&key);
+                more.then_some(LaneRead {
                     key,
                     shard: lane.shard,
                     after_seq: lane.last_seq,
@@ -560,5 +599,18 @@ mod tests {
         }
         let read = read.expect("a read of the rest");
         assert_eq!(read.after_seq, LANE_DEPTH as i64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_a_delivery_left_behind_is_read_again_when_its_lane_runs_dry() {
+        let mut held = Held::default();
+        // 3 follows 2, which this owner has not seen: left in the outbox.
+        assert_eq!(held.admit(vec![row(3, Some("k"), Some(2))], owned), 0);
+        held.admit(vec![row(2, Some("k"), None)], owned);
+        let item = held.next(|_| true).expect("2");
+        let read = held
+            .answered(item, Answer::Done)
+            .expect("a read of the rest");
+        assert_eq!((read.key.as_str(), read.after_seq), ("k", 2));
     }
 }

@@ -111,7 +111,8 @@ pub async fn run(
 }
 
 struct ReadDone {
-    lane: bool,
+    /// The lane read, if it was one.
+    lane: Option<LaneRead>,
     asked: usize,
     rows: Result<Vec<DueDelivery>, String>,
 }
@@ -362,7 +363,7 @@ impl Worker {
             .await
             .map_err(|e| e.to_string());
             ReadDone {
-                lane: lane.is_some(),
+                lane,
                 asked: limit,
                 rows,
             }
@@ -377,7 +378,7 @@ impl Worker {
     }
 
     fn take_in(&mut self, done: ReadDone) {
-        if done.lane {
+        if done.lane.is_some() {
             self.reading_lane = false;
         } else {
             self.reading_due = false;
@@ -387,7 +388,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(route = %self.target.route, target_name = %self.target.name, error = %e,
                     "cannot read due deliveries; retrying in a second");
-                if !done.lane {
+                if done.lane.is_none() {
                     self.maybe_due = false;
                     self.cursor = None;
                     self.poll_at = Instant::now() + Duration::from_secs(1);
@@ -395,7 +396,9 @@ impl Worker {
                 return;
             }
         };
-        if !done.lane {
+        let full = rows.len() >= done.asked;
+        let last_seq = rows.iter().map(|d| d.position.seq).max();
+        if done.lane.is_none() {
             self.maybe_due = rows.len() >= done.asked;
             self.cursor = if self.maybe_due {
                 rows.iter().map(|d| d.position).max()
@@ -412,6 +415,11 @@ impl Worker {
         }
         let view = self.view.borrow().clone();
         self.held.admit(rows, |shard| view.epoch_of(shard));
+        if let (Some(lane), true, Some(last_seq)) = (&done.lane, full, last_seq)
+            && let Some(read) = self.held.more_of(&lane.key, lane.shard, last_seq)
+        {
+            self.lane_reads.push_back(read);
+        }
     }
 
     /// Sleeps until `until`, a read's result, an event, a wake-up, a
