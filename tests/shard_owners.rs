@@ -365,7 +365,7 @@ async fn an_outcome_under_a_former_epoch_changes_nothing() {
         "a take moves the epoch on"
     );
 
-    let outcome = |owner_epoch: i64| Outcome {
+    let outcome = |owner_epoch: i64, fate: Fate| Outcome {
         message_id: id,
         route: Arc::from("orders"),
         target: Arc::from("nobody"),
@@ -373,26 +373,34 @@ async fn an_outcome_under_a_former_epoch_changes_nothing() {
         epoch: owner_epoch,
         attempt: 1,
         sole_target: true,
-        fate: Fate::Delivered,
+        fate,
     };
-    let mut stale = OutcomeBatch::default();
-    stale.push(outcome(first[0].epoch));
-    assert_eq!(
-        stale.write(&mut client, "old-owner").await.unwrap(),
-        vec![false]
-    );
-    let left = "SELECT count(*) FROM spool_delivery WHERE target = 'nobody'";
+    let dead = || Fate::Dead {
+        status: Some(400),
+        error: "stale".into(),
+    };
+    // A delivery (one statement) and a dead letter (a transaction) alike.
+    for fate in [Fate::Delivered, dead()] {
+        let mut stale = OutcomeBatch::default();
+        stale.push(outcome(first[0].epoch, fate));
+        assert_eq!(
+            stale.write(&mut client, "old-owner").await.unwrap(),
+            vec![false]
+        );
+    }
+    let left = "SELECT count(*) FROM spool_delivery WHERE target = 'nobody' AND state = 'queued'";
     assert_eq!(
         env.pg.scalar(left).await,
         1,
         "the former owner's outcome landed"
     );
     let mut current = OutcomeBatch::default();
-    current.push(outcome(second[0].epoch));
+    current.push(outcome(second[0].epoch, Fate::Delivered));
     assert_eq!(
         current.write(&mut client, "new-owner").await.unwrap(),
         vec![true]
     );
-    assert_eq!(env.pg.scalar(left).await, 0);
+    let rows = "SELECT count(*) FROM spool_delivery WHERE target = 'nobody'";
+    assert_eq!(env.pg.scalar(rows).await, 0);
     env.stop().await;
 }

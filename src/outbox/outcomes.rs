@@ -2,6 +2,7 @@
 //! removed (with their message once no target is left), retries scheduled,
 //! dead letters marked.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,41 +94,15 @@ pub struct OutcomeBatch {
     outcomes: Vec<Outcome>,
 }
 
-/// The statements' arrays for the outcomes of one batch that may be written.
-#[derive(Debug, Default)]
-struct Arrays {
-    /// Delivered to the only target of their route.
-    delivered_sole: Keys,
-    /// Delivered to one of several targets.
-    delivered_shared: Keys,
-    retry: Failures,
-    dead: Failures,
-}
-
-impl Arrays {
-    fn push(&mut self, outcome: &Outcome) {
-        let target = &*outcome.target;
-        let (id, attempt) = (outcome.message_id, outcome.attempt);
-        match &outcome.fate {
-            Fate::Delivered if outcome.sole_target => self.delivered_sole.push(id, target),
-            Fate::Delivered => self.delivered_shared.push(id, target),
-            Fate::RetryIn {
-                delay,
-                status,
-                error,
-            } => self
-                .retry
-                .push(id, target, attempt, *delay, *status, error.clone()),
-            Fate::Dead { status, error } => {
-                self.dead
-                    .push(id, target, attempt, Duration::ZERO, *status, error.clone())
-            }
-        }
-    }
-}
-
-/// (route, target, shard, epoch): the lease an outcome was made under.
+/// The lease an outcome was made under: (route, target, shard, epoch).
 type Fence = (String, String, i32, i64);
+
+fn same_fence(fence: &Fence, outcome: &Outcome) -> bool {
+    *fence.0 == *outcome.route
+        && *fence.1 == *outcome.target
+        && fence.2 == outcome.shard
+        && fence.3 == outcome.epoch
+}
 
 impl OutcomeBatch {
     pub fn push(&mut self, outcome: Outcome) {
@@ -146,86 +121,139 @@ impl OutcomeBatch {
         &self.outcomes
     }
 
-    /// Writes in one transaction the outcomes whose shard `owner` still
-    /// holds at their epoch, and returns, in push order, whether each was
-    /// written. The others belong to the shard's new owner: writing them
-    /// could undo what it has done since.
+    /// Writes the outcomes whose shard `owner` still holds at their epoch
+    /// and returns, in push order, whether each was written; the others
+    /// belong to the shard's new owner, and writing them could undo what it
+    /// has done since. A batch of deliveries to sole targets only (the
+    /// common case) is one statement; any other is one transaction that
+    /// starts with it.
     pub async fn write(
         &self,
         client: &mut deadpool_postgres::Client,
         owner: &str,
     ) -> Result<Vec<bool>, tokio_postgres::Error> {
-        let mut fences: Vec<Fence> = self
+        // A later outcome of the same delivery (a keyed retry answered
+        // again before the first was written) supersedes an earlier one.
+        let mut seen = HashSet::new();
+        let mut latest: Vec<&Outcome> = self
             .outcomes
             .iter()
-            .map(|o| (o.route.to_string(), o.target.to_string(), o.shard, o.epoch))
-            .collect();
-        fences.sort();
-        fences.dedup();
-        let tx = client.transaction().await?;
-        let held = fence(&tx, &fences, owner).await?;
-        let applied: Vec<bool> = self
-            .outcomes
-            .iter()
-            .map(|o| held.contains(&(o.route.to_string(), o.target.to_string(), o.shard, o.epoch)))
-            .collect();
-        let mut arrays = Arrays::default();
-        // A later outcome of the same delivery supersedes an earlier one.
-        let mut seen = std::collections::HashSet::new();
-        for (outcome, _) in self
-            .outcomes
-            .iter()
-            .zip(&applied)
             .rev()
-            .filter(|(_, applied)| **applied)
-        {
-            if seen.insert((outcome.message_id, &outcome.target)) {
-                arrays.push(outcome);
+            .filter(|o| seen.insert((o.message_id, &o.target)))
+            .collect();
+        latest.reverse();
+        let (sole, rest): (Vec<&Outcome>, Vec<&Outcome>) = latest
+            .into_iter()
+            .partition(|o| o.sole_target && matches!(o.fate, Fate::Delivered));
+        let held = if rest.is_empty() {
+            self.fence_and_delete_sole(&*client, &sole, owner).await?
+        } else {
+            let tx = client.transaction().await?;
+            let held = self.fence_and_delete_sole(&tx, &sole, owner).await?;
+            let mut arrays = Arrays::default();
+            for outcome in rest {
+                if held.iter().any(|f| same_fence(f, outcome)) {
+                    arrays.push(outcome);
+                }
             }
-        }
-        arrays.write(&tx).await?;
-        tx.commit().await?;
-        Ok(applied)
+            arrays.write(&tx).await?;
+            tx.commit().await?;
+            held
+        };
+        Ok(self
+            .outcomes
+            .iter()
+            .map(|o| held.iter().any(|f| same_fence(f, o)))
+            .collect())
+    }
+
+    /// Runs `FENCE_AND_DELETE_DELIVERED_SOLE` for the whole batch's fences
+    /// and `sole`'s rows; returns the fences held.
+    async fn fence_and_delete_sole(
+        &self,
+        client: &impl GenericClient,
+        sole: &[&Outcome],
+        owner: &str,
+    ) -> Result<Vec<Fence>, tokio_postgres::Error> {
+        let mut fences: Vec<(&str, &str, i32, i64)> = self
+            .outcomes
+            .iter()
+            .map(|o| (&*o.route, &*o.target, o.shard, o.epoch))
+            .collect();
+        fences.sort_unstable();
+        fences.dedup();
+        let routes: Vec<&str> = fences.iter().map(|f| f.0).collect();
+        let targets: Vec<&str> = fences.iter().map(|f| f.1).collect();
+        let shards: Vec<i32> = fences.iter().map(|f| f.2).collect();
+        let epochs: Vec<i64> = fences.iter().map(|f| f.3).collect();
+        let ids: Vec<Uuid> = sole.iter().map(|o| o.message_id).collect();
+        let sole_targets: Vec<&str> = sole.iter().map(|o| &*o.target).collect();
+        let sole_shards: Vec<i32> = sole.iter().map(|o| o.shard).collect();
+        let sole_epochs: Vec<i64> = sole.iter().map(|o| o.epoch).collect();
+        let statement = client
+            .prepare_cached(sql::FENCE_AND_DELETE_DELIVERED_SOLE)
+            .await?;
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &routes,
+            &targets,
+            &shards,
+            &epochs,
+            &owner,
+            &ids,
+            &sole_targets,
+            &sole_shards,
+            &sole_epochs,
+        ];
+        let rows = client.query(&statement, &params).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect())
     }
 }
 
-/// Locks the shard rows of `fences` and returns those `owner` still holds.
-async fn fence(
-    tx: &deadpool_postgres::Transaction<'_>,
-    fences: &[Fence],
-    owner: &str,
-) -> Result<std::collections::HashSet<Fence>, tokio_postgres::Error> {
-    let routes: Vec<&str> = fences.iter().map(|f| f.0.as_str()).collect();
-    let targets: Vec<&str> = fences.iter().map(|f| f.1.as_str()).collect();
-    let shards: Vec<i32> = fences.iter().map(|f| f.2).collect();
-    let epochs: Vec<i64> = fences.iter().map(|f| f.3).collect();
-    let statement = tx.prepare_cached(sql::FENCE_SHARDS).await?;
-    let params: [&(dyn ToSql + Sync); 5] = [&routes, &targets, &shards, &epochs, &owner];
-    let rows = tx.query(&statement, &params).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
-        .collect())
+/// The statements' arrays for a batch's outcomes other than deliveries
+/// to sole targets.
+#[derive(Debug, Default)]
+struct Arrays {
+    delivered: Keys,
+    retry: Failures,
+    dead: Failures,
 }
 
 impl Arrays {
+    fn push(&mut self, outcome: &Outcome) {
+        let target = &*outcome.target;
+        let (id, attempt) = (outcome.message_id, outcome.attempt);
+        match &outcome.fate {
+            Fate::Delivered => self.delivered.push(id, target),
+            Fate::RetryIn {
+                delay,
+                status,
+                error,
+            } => self
+                .retry
+                .push(id, target, attempt, *delay, *status, error.clone()),
+            Fate::Dead { status, error } => {
+                self.dead
+                    .push(id, target, attempt, Duration::ZERO, *status, error.clone())
+            }
+        }
+    }
+
     async fn write(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<(), tokio_postgres::Error> {
-        let sole = &self.delivered_sole;
-        if !sole.ids.is_empty() {
-            let statement = tx.prepare_cached(sql::DELETE_DELIVERED_SOLE).await?;
-            tx.execute(&statement, &[&sole.ids, &sole.targets]).await?;
-        }
-        let shared = &self.delivered_shared;
-        if !shared.ids.is_empty() {
+        let delivered = &self.delivered;
+        if !delivered.ids.is_empty() {
             let lock = tx.prepare_cached(sql::LOCK_MESSAGES).await?;
-            tx.execute(&lock, &[&shared.ids]).await?;
+            tx.execute(&lock, &[&delivered.ids]).await?;
             let delete = tx.prepare_cached(sql::DELETE_DELIVERED).await?;
-            tx.execute(&delete, &[&shared.ids, &shared.targets]).await?;
+            tx.execute(&delete, &[&delivered.ids, &delivered.targets])
+                .await?;
             let finished = tx.prepare_cached(sql::DELETE_FINISHED_MESSAGES).await?;
-            tx.execute(&finished, &[&shared.ids]).await?;
+            tx.execute(&finished, &[&delivered.ids]).await?;
         }
         let retry = &self.retry;
         if !retry.keys.ids.is_empty() {

@@ -213,18 +213,6 @@ pub const LEAVE: &str = "
 WITH gone AS (DELETE FROM spool_member WHERE owner = $1)
 UPDATE spool_shard SET owner = NULL, lease_until = '-infinity' WHERE owner = $1";
 
-/// Locks the shard rows that a batch of outcomes was made under, for as
-/// long as the batch's transaction, and returns those still held by $5 at
-/// the same epoch: only their outcomes are written. A take waits for the
-/// lock, so it sees the batch written or not at all.
-pub const FENCE_SHARDS: &str = "
-SELECT s.route, s.target, s.shard, s.epoch
-FROM spool_shard s
-JOIN unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS f (route, target, shard, epoch)
-  ON s.route = f.route AND s.target = f.target AND s.shard = f.shard AND s.epoch = f.epoch
-WHERE s.owner = $5
-FOR SHARE OF s";
-
 /// Locks the messages whose deliveries are being completed, in id order,
 /// so that two targets finishing one message at once cannot both miss
 /// that it has no delivery left.
@@ -237,23 +225,45 @@ DELETE FROM spool_delivery d
 USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
 WHERE d.message_id = r.message_id AND d.target = r.target";
 
-/// Removes delivered rows of targets that are
-/// their route's only one, and their messages in the same statement. The
-/// check for another delivery (a route that had more targets when the
-/// message was accepted) sees the rows as they were before this statement,
-/// so it looks for other targets only.
-pub const DELETE_DELIVERED_SOLE: &str = "
-WITH gone AS (
+/// The epoch fence, and the delivered rows of targets that are their
+/// route's only one removed with their messages, in one statement.
+///
+/// `fence` locks the shard rows the batch's outcomes were made under
+/// ($1-$4, distinct) and keeps those that owner $5 still holds at the same
+/// epoch; they stay locked until the statement's transaction ends, so a
+/// take waits for it and sees the batch written or not at all (a take
+/// that committed first is seen by the lock's recheck: its epoch differs).
+/// Only rows ($6-$9: message, target, shard, epoch) under a held fence are
+/// deleted. The check for another delivery of a message (a route that had
+/// more targets when it was accepted) sees the rows as they were before
+/// this statement, so it looks for other targets only. Returns the fences
+/// held, for the batch's other statements.
+pub const FENCE_AND_DELETE_DELIVERED_SOLE: &str = "
+WITH fence AS (
+    SELECT s.route, s.target, s.shard, s.epoch
+    FROM spool_shard s
+    JOIN unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS f (route, target, shard, epoch)
+      ON s.route = f.route AND s.target = f.target AND s.shard = f.shard AND s.epoch = f.epoch
+    WHERE s.owner = $5
+    FOR SHARE OF s
+),
+gone AS (
     DELETE FROM spool_delivery d
-    USING unnest($1::uuid[], $2::text[]) AS r (message_id, target)
+    USING unnest($6::uuid[], $7::text[], $8::int4[], $9::int8[]) AS r (message_id, target, shard, epoch),
+          fence
     WHERE d.message_id = r.message_id AND d.target = r.target
+      AND fence.route = d.route AND fence.target = r.target
+      AND fence.shard = r.shard AND fence.epoch = r.epoch
     RETURNING d.message_id, d.target
+),
+finished AS (
+    DELETE FROM spool_message m
+    USING gone
+    WHERE m.id = gone.message_id
+      AND NOT EXISTS (SELECT 1 FROM spool_delivery o
+                      WHERE o.message_id = m.id AND o.target <> gone.target)
 )
-DELETE FROM spool_message m
-USING gone
-WHERE m.id = gone.message_id
-  AND NOT EXISTS (SELECT 1 FROM spool_delivery o
-                  WHERE o.message_id = m.id AND o.target <> gone.target)";
+SELECT route, target, shard, epoch FROM fence";
 
 /// Removes messages none of whose deliveries is left (delivered or deleted).
 pub const DELETE_FINISHED_MESSAGES: &str = "
