@@ -64,6 +64,12 @@ impl Forwarder {
     }
 
     /// Sends `delivery` once and reads (a bounded part of) the answer.
+    /// How long an attempt may take: it starts only while its shard's
+    /// lease has at least this long to run.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub async fn send(&self, delivery: &DueDelivery) -> AttemptResult {
         let request = match self.request(delivery) {
             Ok(request) => request,

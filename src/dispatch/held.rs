@@ -88,6 +88,7 @@ pub struct Held {
     starved: HashSet<String>,
     reads: usize,
     unsent: usize,
+    in_flight: usize,
     bytes: usize,
     /// Alternates between unkeyed deliveries and lanes.
     lanes_turn: bool,
@@ -96,10 +97,7 @@ pub struct Held {
 impl Held {
     /// Deliveries held unsent or in flight.
     pub fn len(&self) -> usize {
-        self.known
-            .values()
-            .filter(|s| **s != State::Recording)
-            .count()
+        self.unsent + self.in_flight
     }
 
     pub fn unsent(&self) -> usize {
@@ -328,6 +326,7 @@ impl Held {
         let item = self.unkeyed.pop_front().expect("front exists");
         self.unhold(&item);
         self.known.insert(item.delivery.message_id, State::InFlight);
+        self.in_flight += 1;
         Next::Item(Box::new(item))
     }
 
@@ -356,6 +355,7 @@ impl Held {
             lane.last_seq = lane.last_seq.max(item.delivery.position.seq);
             self.unhold(&item);
             self.known.insert(item.delivery.message_id, State::InFlight);
+            self.in_flight += 1;
             return Next::Item(Box::new(item));
         }
         Next::Empty
@@ -371,6 +371,7 @@ impl Held {
             // Its shard was lost meanwhile.
             return None;
         }
+        self.in_flight -= 1;
         let key = item.delivery.ordering_key.clone();
         let Some(key) = key else {
             self.known.insert(id, State::Recording);
@@ -424,6 +425,11 @@ impl Held {
                 self.tombstones.insert(id);
             }
         }
+    }
+
+    /// Lets go of every unsent delivery: they wait in the outbox.
+    pub fn let_go(&mut self) -> usize {
+        self.retain_shards(|_, _| false)
     }
 
     /// Drops every unsent delivery of a shard not owned any more at the

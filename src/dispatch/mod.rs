@@ -99,7 +99,6 @@ impl Dispatcher {
                     name: target.name.as_str().into(),
                     sole_target: route.targets.len() == 1,
                     forwarder: Forwarder::new(&target.url, timeout, route.rate.concurrency),
-                    timeout,
                     policy: RetryPolicy::from_config(&route.retry),
                     breaker: Arc::new(Breaker::new(
                         name,

@@ -150,8 +150,7 @@ async fn one_round(
     settings: &Settings,
     round: u64,
 ) -> Result<(), String> {
-    let owner = &*settings.owner;
-    let ttl = settings.ttl;
+    let (owner, ttl) = (&*settings.owner, settings.ttl);
     let mut client = settings.pool.get().await.map_err(|e| e.to_string())?;
     let names: Vec<(String, String)> = targets
         .iter()
@@ -164,104 +163,113 @@ async fn one_round(
         forget_members(&client).await.map_err(|e| e.to_string())?;
     }
     for (target, leases) in targets.iter().zip(leases.iter_mut()) {
-        let (route, name) = (&*target.route, &*target.target);
-        let shards = match leases.shards {
-            Some(shards) => shards,
-            None => {
-                let stored = ensure_shards(&mut client, route, name, target.configured, owner)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let shards = stored.unwrap_or_else(|stored| {
-                    tracing::warn!(route, target_name = name, configured = target.configured, stored,
-                        "dispatch.shards differs from the count other running spools use; following theirs until none of them holds a lease");
-                    stored
-                });
-                leases.shards = Some(shards);
-                shards
-            }
-        };
-        let mut serving: Vec<&str> = members
+        let serving = members
             .iter()
-            .filter(|(r, t, _)| r == route && t == name)
-            .map(|(_, _, o)| o.as_str())
-            .collect();
-        serving.sort_unstable();
-        serving.dedup();
-        let share = fair_share(shards, &serving, owner);
+            .filter(|(r, t, _)| *r == *target.route && *t == *target.target)
+            .map(|(_, _, o)| o.as_str());
+        tend(&mut client, target, leases, serving, settings).await?;
+    }
+    Ok(())
+}
 
-        let sent_at = Instant::now();
-        let mine: Vec<ShardLease> = leases
-            .held
-            .iter()
-            .chain(&leases.draining)
-            .map(|(l, _)| *l)
-            .collect();
-        let renewed = if mine.is_empty() {
-            Vec::new()
-        } else {
-            renew_shards(&client, route, name, &mine, owner, ttl)
-                .await
-                .map_err(|e| e.to_string())?
-        };
-        let valid_until = sent_at + ttl;
-        let lost: Vec<_> = mine.iter().filter(|l| !renewed.contains(l)).collect();
-        if !lost.is_empty() {
-            tracing::warn!(route, target_name = name, shards = ?lost.iter().map(|l| l.shard).collect::<Vec<_>>(),
-                "shard leases were taken over by another spool; dropping what this one held of them");
-        }
-        leases.held.retain(|(l, _)| renewed.contains(l));
-        leases.draining.retain(|(l, _)| renewed.contains(l));
-        for (_, until) in &mut leases.held {
-            *until = valid_until;
-        }
-        let now = Instant::now();
-        let (due, draining): (Vec<_>, Vec<_>) =
-            leases.draining.drain(..).partition(|(_, at)| *at <= now);
-        leases.draining = draining;
-        if !due.is_empty() {
-            let released: Vec<ShardLease> = due.iter().map(|(l, _)| *l).collect();
-            release_shards(&client, route, name, &released, owner)
+/// One target's round: its shard count (first time), renewals, shards
+/// handed back after draining, then its fair share taken or trimmed.
+async fn tend<'a>(
+    client: &mut deadpool_postgres::Client,
+    target: &OwnedTarget,
+    leases: &mut Leases,
+    serving: impl Iterator<Item = &'a str>,
+    settings: &Settings,
+) -> Result<(), String> {
+    let (owner, ttl) = (&*settings.owner, settings.ttl);
+    let (route, name) = (&*target.route, &*target.target);
+    let shards = match leases.shards {
+        Some(shards) => shards,
+        None => {
+            let stored = ensure_shards(client, route, name, target.configured, owner)
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::info!(route, target_name = name, shards = ?released.iter().map(|l| l.shard).collect::<Vec<_>>(),
-                "shards handed back to share them with other spools");
+            let shards = stored.unwrap_or_else(|stored| {
+                tracing::warn!(route, target_name = name, configured = target.configured, stored,
+                    "dispatch.shards differs from the count other running spools use; following theirs until none of them holds a lease");
+                stored
+            });
+            *leases.shards.insert(shards)
         }
-        let holding = leases.held.len();
-        if holding > share {
-            leases.held.sort_by_key(|(l, _)| l.shard);
-            let extra = leases.held.split_off(share);
-            let release_at = now + target.drain + Duration::from_secs(1);
-            leases
-                .draining
-                .extend(extra.into_iter().map(|(l, _)| (l, release_at)));
-        } else if holding < share {
-            let taken_at = Instant::now();
-            let held: Vec<ShardLease> = mine
-                .iter()
-                .copied()
-                .filter(|l| renewed.contains(l))
-                .collect();
-            let taken = take_shards(
-                &client,
-                route,
-                name,
-                (share - holding) as i64,
-                &held,
-                owner,
-                ttl,
-            )
+    };
+    let mut serving: Vec<&str> = serving.collect();
+    serving.sort_unstable();
+    serving.dedup();
+    let share = fair_share(shards, &serving, owner);
+
+    // Held and draining alike, renewed in one statement.
+    let sent_at = Instant::now();
+    let mine: Vec<ShardLease> = leases
+        .held
+        .iter()
+        .chain(&leases.draining)
+        .map(|(l, _)| *l)
+        .collect();
+    let renewed = if mine.is_empty() {
+        Vec::new()
+    } else {
+        renew_shards(&*client, route, name, &mine, owner, ttl)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let lost: Vec<i32> = mine
+        .iter()
+        .filter(|l| !renewed.contains(l))
+        .map(|l| l.shard)
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(route, target_name = name, shards = ?lost,
+            "shard leases were taken over by another spool; dropping what this one held of them");
+    }
+    leases.held.retain(|(l, _)| renewed.contains(l));
+    leases.draining.retain(|(l, _)| renewed.contains(l));
+    for (_, until) in &mut leases.held {
+        *until = sent_at + ttl;
+    }
+
+    let now = Instant::now();
+    let (due, draining): (Vec<_>, Vec<_>) =
+        leases.draining.drain(..).partition(|(_, at)| *at <= now);
+    leases.draining = draining;
+    if !due.is_empty() {
+        let released: Vec<ShardLease> = due.iter().map(|(l, _)| *l).collect();
+        release_shards(&*client, route, name, &released, owner)
             .await
             .map_err(|e| e.to_string())?;
-            if !taken.is_empty() {
-                tracing::info!(route, target_name = name, shards = ?taken.iter().map(|l| l.shard).collect::<Vec<_>>(),
-                    "shards taken");
-            }
-            leases
-                .held
-                .extend(taken.into_iter().map(|l| (l, taken_at + ttl)));
-        }
-        publish(target, shards, &leases.held);
+        tracing::info!(route, target_name = name, shards = ?released.iter().map(|l| l.shard).collect::<Vec<_>>(),
+            "shards handed back to share them with other spools");
     }
+
+    let holding = leases.held.len();
+    if holding > share {
+        // Stop sending there now; hand them back once what is in flight
+        // had time to finish.
+        leases.held.sort_by_key(|(l, _)| l.shard);
+        let extra = leases.held.split_off(share);
+        let release_at = now + target.drain + Duration::from_secs(1);
+        leases
+            .draining
+            .extend(extra.into_iter().map(|(l, _)| (l, release_at)));
+    } else if holding < share {
+        let taken_at = Instant::now();
+        let want = (share - holding) as i64;
+        let taken = take_shards(&*client, route, name, want, &renewed, owner, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !taken.is_empty() {
+            tracing::info!(route, target_name = name, shards = ?taken.iter().map(|l| l.shard).collect::<Vec<_>>(),
+                "shards taken");
+        }
+        leases
+            .held
+            .extend(taken.into_iter().map(|l| (l, taken_at + ttl)));
+    }
+    publish(target, shards, &leases.held);
     Ok(())
 }
 

@@ -34,9 +34,6 @@ pub struct Target {
     /// The route has no other target.
     pub sole_target: bool,
     pub forwarder: Forwarder,
-    /// The route's timeout: an attempt starts only while its shard's lease
-    /// has at least this long to run.
-    pub timeout: Duration,
     pub policy: RetryPolicy,
     pub breaker: Arc<Breaker>,
     pub flow: Arc<FlowControl>,
@@ -232,15 +229,15 @@ impl Worker {
                             // Paused or at rate 0, perhaps for long: what is
                             // held waits in the outbox instead, and is read
                             // again (as it then is) on resume.
-                            self.held.retain_shards(|_, _| false);
+                            self.held.let_go();
                             self.cursor = None;
                             None
                         }
                     };
                 }
             };
-            let view = self.view.borrow().clone();
-            let timeout = self.target.timeout;
+            let view = self.view.borrow();
+            let timeout = self.target.forwarder.timeout();
             let mut sent = 0;
             while sent < granted {
                 let next = self
@@ -254,6 +251,7 @@ impl Worker {
                     .spawn(attempt::run(target, item, records, events));
                 sent += 1;
             }
+            drop(view);
             for _ in sent..granted {
                 self.target.flow.finished();
             }

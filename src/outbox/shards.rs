@@ -32,11 +32,8 @@ pub async fn ensure_shards(
         .await?;
     let tx = client.transaction().await?;
     // Serializes resharding with takes of this target's shards.
-    tx.execute(
-        "SELECT 1 FROM spool_shard WHERE route = $1 AND target = $2 FOR UPDATE",
-        &[&route, &target],
-    )
-    .await?;
+    tx.execute(sql::LOCK_TARGET_SHARDS, &[&route, &target])
+        .await?;
     let row = tx
         .query_one(sql::SHARD_COUNT, &[&route, &target, &owner])
         .await?;

@@ -140,6 +140,10 @@ INSERT INTO spool_shard (route, target, shard, shards)
 SELECT $1, $2, g, $3 FROM generate_series(0, $3 - 1) AS g
 ON CONFLICT DO NOTHING";
 
+/// Locks the shard rows of (route, target): a reshard waits for takes.
+pub const LOCK_TARGET_SHARDS: &str =
+    "SELECT 1 FROM spool_shard WHERE route = $1 AND target = $2 FOR UPDATE";
+
 /// The shard count stored for (route, target), and how many of its shards
 /// another spool ($3 is this one) holds a live lease on.
 pub const SHARD_COUNT: &str = "
