@@ -545,10 +545,10 @@ async fn rows_left(admin: &tokio_postgres::Client) -> Result<(i64, i64), BoxErro
     Ok((row.get(0), row.get(1)))
 }
 
-/// Stops the target and waits until every attempt in flight is over and,
-/// a moment later, its outcome written. A paused dispatcher lets go of
-/// what it held unsent, so the tables can be emptied and loaded again.
-async fn pause(target: &TargetHandle) -> Result<(), BoxError> {
+/// Stops the target and waits until every attempt in flight is over and
+/// its outcome written. A paused dispatcher lets go of what it held
+/// unsent, so the tables can be emptied and loaded again.
+async fn pause(target: &TargetHandle, admin: &tokio_postgres::Client) -> Result<(), BoxError> {
     target.flow.set_paused(true);
     let deadline = Instant::now() + Duration::from_secs(30);
     while target.flow.in_flight() > 0 {
@@ -557,9 +557,19 @@ async fn pause(target: &TargetHandle) -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The recorder writes a batch within milliseconds of its last outcome.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok(())
+    // The last outcomes are written once the rows stop changing.
+    let mut last = rows_left(admin).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rows_left(admin).await?;
+        if now == last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("outcomes still being written 30 s after pausing".into());
+        }
+        last = now;
+    }
 }
 
 /// spool-side figures over a window, from its metrics and Postgres's.
@@ -830,7 +840,7 @@ impl Bench<'_> {
                 window.mean_in_flight,
             )
             .await?;
-        pause(&self.target).await?;
+        pause(&self.target, self.admin).await?;
         Ok(Drain {
             backlog,
             delivered: window.delivered,
@@ -1056,7 +1066,7 @@ async fn spool_phases(
         admin,
         postmaster,
     };
-    pause(&bench.target).await?;
+    pause(&bench.target, admin).await?;
 
     // Half the small rounds before the large window and half after, so
     // that the machine drifting (it does, by 20-30%) weighs on both sides

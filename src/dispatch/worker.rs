@@ -397,7 +397,7 @@ impl Worker {
         let full = rows.len() >= done.asked;
         let last_seq = rows.iter().map(|d| d.position.seq).max();
         if done.lane.is_none() {
-            self.maybe_due = rows.len() >= done.asked;
+            self.maybe_due = full;
             self.cursor = if self.maybe_due {
                 rows.iter().map(|d| d.position).max()
             } else {
