@@ -11,6 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::worker::Event;
 use crate::outbox::{Outcome, OutcomeBatch, with_connection};
@@ -49,10 +50,16 @@ pub async fn run(
                 "outcomes not recorded: their shards were taken over meanwhile, and their new owner sends those deliveries again"
             );
         }
+        // One event per worker, not per outcome: each wakes the worker.
+        let mut by_worker: Vec<(mpsc::UnboundedSender<Event>, Vec<Uuid>)> = Vec::new();
         for (outcome, reply) in batch.outcomes().iter().zip(replies) {
-            let _ = reply.send(Event::Recorded {
-                message_id: outcome.message_id,
-            });
+            match by_worker.iter_mut().find(|(r, _)| r.same_channel(&reply)) {
+                Some((_, ids)) => ids.push(outcome.message_id),
+                None => by_worker.push((reply, vec![outcome.message_id])),
+            }
+        }
+        for (reply, message_ids) in by_worker {
+            let _ = reply.send(Event::Recorded { message_ids });
         }
     }
 }

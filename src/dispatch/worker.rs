@@ -59,8 +59,9 @@ pub enum Event {
     /// An attempt was answered (or gave up): `item` comes back for a
     /// keyed retry.
     Answered { item: Box<Item>, answer: Answer },
-    /// An outcome reached the outbox, or was refused there.
-    Recorded { message_id: Uuid },
+    /// A batch's outcomes of this worker's deliveries reached the outbox,
+    /// or were refused there.
+    Recorded { message_ids: Vec<Uuid> },
 }
 
 /// Bound on one read, the wait for a connection included.
@@ -172,7 +173,11 @@ impl Worker {
                     self.drop_lost_shards();
                 }
             }
-            Event::Recorded { message_id } => self.held.recorded(message_id),
+            Event::Recorded { message_ids } => {
+                for id in message_ids {
+                    self.held.recorded(id);
+                }
+            }
         }
     }
 
@@ -275,8 +280,7 @@ impl Worker {
     /// a lane that ran dry. Returns when the breaker will allow one, if it
     /// does not now.
     fn read_if_low(&mut self) -> Option<Instant> {
-        let view = self.view.borrow().clone();
-        if view.held.is_empty() {
+        if self.view.borrow().held.is_empty() {
             return None;
         }
         let flow = self.target.flow.settings();
@@ -295,7 +299,7 @@ impl Worker {
             && let Some(lane) = self.lane_reads.pop_front()
         {
             self.reading_lane = true;
-            self.start_read(&view, Some(lane), LANE_DEPTH + 1);
+            self.start_read(Some(lane), LANE_DEPTH + 1);
         }
         if self.reading_due || !self.maybe_due {
             return None;
@@ -329,18 +333,21 @@ impl Worker {
             self.full_scan_at = now + self.settings.poll;
         }
         self.reading_due = true;
-        self.start_read(&view, None, batch);
+        self.start_read(None, batch);
         None
     }
 
-    fn start_read(&mut self, view: &ShardView, lane: Option<LaneRead>, limit: usize) {
+    fn start_read(&mut self, lane: Option<LaneRead>, limit: usize) {
         self.held.begin_read();
         let pool = self.settings.pool.clone();
         let target = Arc::clone(&self.target);
-        let shards = view.shards;
-        let owned = match &lane {
-            Some(lane) => vec![lane.shard],
-            None => view.owned(),
+        let (shards, owned) = {
+            let view = self.view.borrow();
+            let owned = match &lane {
+                Some(lane) => vec![lane.shard],
+                None => view.owned(),
+            };
+            (view.shards, owned)
         };
         let after = self.cursor;
         self.reads.spawn(async move {
@@ -411,8 +418,9 @@ impl Worker {
                 self.mean_body = Some(bytes / rows.len());
             }
         }
-        let view = self.view.borrow().clone();
+        let view = self.view.borrow();
         self.held.admit(rows, |shard| view.epoch_of(shard));
+        drop(view);
         if let (Some(lane), true, Some(last_seq)) = (&done.lane, full, last_seq)
             && let Some(read) = self.held.more_of(&lane.key, lane.shard, last_seq)
         {

@@ -93,8 +93,11 @@ SELECT d.message_id, d.attempts, m.method, m.path, m.query, m.headers::text, m.b
 FROM spool_delivery d
 JOIN spool_message m ON m.id = d.message_id
 LEFT JOIN LATERAL (
+    -- For keyed rows only: a one-time filter, so an unkeyed row costs no
+    -- index probe.
     SELECT h.message_id FROM spool_delivery h
-    WHERE h.route = d.route AND h.target = d.target AND h.ordering_key = d.ordering_key
+    WHERE d.ordering_key IS NOT NULL
+      AND h.route = d.route AND h.target = d.target AND h.ordering_key = d.ordering_key
       AND h.state = 'queued' AND h.seq < d.seq
     ORDER BY h.seq DESC
     LIMIT 1) p ON true
