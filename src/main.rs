@@ -116,6 +116,9 @@ fn ctl(
 
 fn run(config: spool::config::Config) -> ExitCode {
     spool::telemetry::init_logging(&config.log);
+    for var in &config.ignored_vars {
+        tracing::debug!(var, "ignored: a variable Kubernetes sets for a Service");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -6,6 +6,7 @@
 
 mod env;
 mod model;
+mod service_links;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -81,13 +82,16 @@ fn parse(
                 message: e.to_string().trim_end().to_owned(),
             })?;
     let overrides = env::apply_overrides(&mut table, vars)?;
-    let config: Config =
+    let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let message = e.inner().message().to_owned();
             let key = key_of(&e.path().to_string(), &message);
             let origin = overrides
+                .applied
                 .iter()
-                .find(|(k, _)| key.starts_with(k.as_str()))
+                // The variable set this key, or lies under it (a misspelt
+                // section is reported at the section).
+                .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&format!("{key}.")))
                 .map(|(_, var)| format!(" (from {var})"))
                 .unwrap_or_default();
             ConfigError::Key {
@@ -97,6 +101,7 @@ fn parse(
             }
         })?;
     validate::validate(&config)?;
+    config.ignored_vars = overrides.ignored;
     Ok(config)
 }
 
@@ -115,5 +120,36 @@ fn key_of(path: &str, message: &str) -> String {
         Some(field) => format!("{parent}.{field}"),
         None if parent.is_empty() => "(top level)".to_owned(),
         None => parent.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        parse("", Path::new("spool.toml"), vars)
+    }
+
+    #[test]
+    fn a_misspelt_section_variable_is_an_error_naming_it() {
+        let err = parse_env(&[
+            ("SPOOL_SERVICE_HOST", "10.0.0.1"),
+            ("SPOOL_SERVR__LISTEN", "127.0.0.1:1"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SPOOL_SERVR__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn service_variables_are_kept_for_the_log() {
+        let config = parse_env(&[
+            ("SPOOL_PORT", "tcp://10.0.0.1:4000"),
+            ("SPOOL_SERVICE_HOST", "10.0.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(config.ignored_vars, ["SPOOL_PORT", "SPOOL_SERVICE_HOST"]);
     }
 }

@@ -26,6 +26,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Environment variables set aside as Kubernetes' Service variables
+    /// (`SPOOL_PORT=tcp://...`): not settings, logged at debug at start.
+    #[serde(skip)]
+    pub ignored_vars: Vec<String>,
 }
 
 /// `[server]`: the two listeners and the limits put on every request.

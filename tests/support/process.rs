@@ -30,6 +30,11 @@ impl SpoolProcess {
     /// Starts `spool --config <dir>/spool.toml` with `config` (whose listen
     /// addresses are replaced by free ports) and waits until it is ready.
     pub async fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    /// As `start`, with `envs` added to spool's environment.
+    pub async fn start_with_env(dir: &Path, config: &str, envs: &[(&str, &str)]) -> Self {
         let data = free_port();
         let admin = free_port();
         let config = config
@@ -49,6 +54,7 @@ impl SpoolProcess {
         let child = Command::new(spool_binary())
             .arg("--config")
             .arg(&path)
+            .envs(envs.iter().copied())
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,68 @@
+//! spool as Kubernetes starts it: beside the variables Kubernetes injects
+//! for a Service named `spool`, with its secrets read from mounted files.
+
+mod support;
+
+use support::{SpoolProcess, TestPg};
+
+#[tokio::test]
+async fn starts_with_service_variables_and_secrets_from_files() {
+    let pg = TestPg::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // As a Secret volume holds them: one file per key, often with a newline.
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("{}\n", pg.url)).unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "t0ken-from-a-file\n").unwrap();
+    // No [database] url: it comes only from the file.
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[log]
+level = "warn,spool=debug"
+format = "text"
+"#
+    .to_owned()
+        + support::ORDERS_ROUTE;
+    let spool = SpoolProcess::start_with_env(
+        dir.path(),
+        &config,
+        &[
+            ("SPOOL_PORT", "tcp://10.0.0.1:4000"),
+            ("SPOOL_PORT_4000_TCP", "tcp://10.0.0.1:4000"),
+            ("SPOOL_PORT_4000_TCP_ADDR", "10.0.0.1"),
+            ("SPOOL_PORT_4000_TCP_PORT", "4000"),
+            ("SPOOL_PORT_4000_TCP_PROTO", "tcp"),
+            ("SPOOL_SERVICE_HOST", "10.0.0.1"),
+            ("SPOOL_SERVICE_PORT", "4000"),
+            ("SPOOL_SERVICE_PORT_DATA", "4000"),
+            ("SPOOL_DATABASE_URL_FILE", url_file.to_str().unwrap()),
+            ("SPOOL_ADMIN_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let client = spool.client();
+    assert_eq!(client.post("/orders/1", "{}").await.status, 202);
+    // The write is in the database the file named: nothing embedded started.
+    assert_eq!(pg.scalar("SELECT count(*) FROM spool_message").await, 1);
+    assert!(
+        !dir.path().join(".spool").exists(),
+        "an embedded Postgres was started"
+    );
+
+    // The token from its file guards the admin calls.
+    let routes = |token| client.admin(http::Method::GET, "/admin/routes", token, "");
+    assert_eq!(routes(None).await.status, 401);
+    assert_eq!(routes(Some("t0ken-from-a-file")).await.status, 200);
+
+    let log = spool.log_text();
+    assert!(
+        log.contains("SPOOL_PORT_4000_TCP_ADDR") && log.contains("ignored"),
+        "the ignored variables are not in the debug log:\n{log}"
+    );
+    assert!(
+        !log.contains("t0ken-from-a-file"),
+        "the token was logged:\n{log}"
+    );
+}
