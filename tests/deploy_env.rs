@@ -66,3 +66,20 @@ format = "text"
         "the token was logged:\n{log}"
     );
 }
+
+#[test]
+fn the_images_setting_requires_a_database_url() {
+    // The Dockerfile sets SPOOL_DATABASE__EMBEDDED=false: no URL is an error
+    // naming the key and the variables, not an attempt at an embedded Postgres.
+    let out = std::process::Command::new(support::process::spool_binary())
+        .args(["--config", "/dev/null", "run"])
+        .env_remove("SPOOL_DATABASE_URL")
+        .env_remove("SPOOL_DATABASE_URL_FILE")
+        .env("SPOOL_DATABASE__EMBEDDED", "false")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database.url"), "{stderr}");
+    assert!(stderr.contains("SPOOL_DATABASE_URL_FILE"), "{stderr}");
+}

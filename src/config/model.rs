@@ -70,6 +70,10 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     /// `postgres://` URL. Unset: spool runs its own Postgres in `embedded_dir`.
     pub url: Option<String>,
+    /// Whether an unset `url` means the embedded Postgres. The container
+    /// image sets it false: it has no Postgres binaries, and a sidecar that
+    /// kept its outbox in the pod would lose it with the pod.
+    pub embedded: bool,
     /// Where the embedded Postgres keeps its cluster when `url` is unset.
     pub embedded_dir: PathBuf,
     /// Directory of initdb, pg_ctl and postgres; searched for when unset.
@@ -87,6 +91,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: None,
+            embedded: true,
             embedded_dir: PathBuf::from(".spool/postgres"),
             embedded_bin_dir: None,
             pool_size: 16,

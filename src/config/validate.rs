@@ -46,6 +46,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 
     let db = &config.database;
+    if db.url.is_none() && !db.embedded {
+        fail(
+            "database.url".into(),
+            "must be set (SPOOL_DATABASE_URL or SPOOL_DATABASE_URL_FILE): database.embedded is false, so spool does not start a Postgres of its own".into(),
+        );
+    }
     if let Some(url) = &db.url
         && let Err(e) = crate::outbox::DbAddress::parse(url, db)
     {
@@ -384,6 +390,14 @@ name = "orders"
     fn validate_rejects_duplicate_route() {
         let err = error_of(&format!("{ROUTE}{ROUTE}"));
         assert!(err.contains("`routes[1].name`"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_no_url_when_embedded_is_off() {
+        let err = error_of("[database]\nembedded = false");
+        assert!(err.contains("`database.url`"), "{err}");
+        assert!(err.contains("SPOOL_DATABASE_URL"), "{err}");
+        from_toml("[database]\nembedded = false\nurl = \"postgres://u@h/db\"").unwrap();
     }
 
     #[test]
