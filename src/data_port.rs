@@ -11,6 +11,7 @@ use http::Method;
 use crate::ingest::{RouteTable, WritePath, check_header_limits, split_path};
 use crate::problem::ApiError;
 use crate::read::ReadPath;
+use crate::request_path;
 
 /// Shared state of the data port.
 pub struct DataPort {
@@ -44,11 +45,13 @@ async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiErro
         .routes
         .get(name)
         .ok_or_else(|| ApiError::UnknownRoute(name.to_owned()))?;
+    let rest = request_path::normalize(rest, route.allow_encoded_slashes)
+        .map_err(|refused| ApiError::BadPath(refused.to_string()))?;
     if route.write_methods.contains(&parts.method) {
-        return Ok(port.writes.accept(route, parts, rest, body).await);
+        return Ok(port.writes.accept(route, parts, &rest, body).await);
     }
     if parts.method == Method::GET || parts.method == Method::HEAD {
-        return Ok(port.reads.handle(name, parts, rest).await);
+        return Ok(port.reads.handle(name, parts, &rest).await);
     }
     Err(ApiError::MethodNotAllowed {
         route: route.name.to_string(),

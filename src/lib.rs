@@ -15,6 +15,7 @@ pub mod janitor;
 pub mod outbox;
 pub mod problem;
 pub mod read;
+pub mod request_path;
 pub mod retry;
 pub mod server;
 pub mod telemetry;

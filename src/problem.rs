@@ -26,6 +26,8 @@ pub enum ApiError {
     HeadersTooLarge(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    BadPath(String),
     #[error(
         "Idempotency-Key `{key}` was first used for message {id} with a different request; use a new key for a new request"
     )]
@@ -49,7 +51,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::HeadersTooLarge(_) => "headers-too-large",
             ApiError::BadRequest(_) => "bad-request",
+            ApiError::BadPath(_) => "bad-path",
             ApiError::IdempotencyConflict { .. } => "idempotency-key-reused",
             ApiError::Unavailable { .. } => "outbox-unavailable",
             ApiError::Unauthorized => "unauthorized",

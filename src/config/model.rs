@@ -243,6 +243,10 @@ pub struct RouteConfig {
     /// The target reads go to; the first target when unset.
     #[serde(default)]
     pub read_target: Option<String>,
+    /// Whether paths may hold `%2F` and `%5C`; off, they are refused (400),
+    /// since targets differ on whether they split on them.
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub retry: RetryConfig,

@@ -17,6 +17,8 @@ pub struct Route {
     /// The `Allow` header value: the write methods, then GET and HEAD.
     pub allow: String,
     pub forward_headers: HeaderAllowList,
+    /// Whether `%2F` and `%5C` may appear in a path (see `request_path`).
+    pub allow_encoded_slashes: bool,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             write_methods,
             allow,
             forward_headers: HeaderAllowList::new(&config.forward_headers),
+            allow_encoded_slashes: config.allow_encoded_slashes,
         }
     }
 }
