@@ -158,18 +158,29 @@ mod tests {
             "/.%2e/x",
             "/a/%2e%2e/%2e%2e",
         ] {
-            assert_eq!(normalize(path, false), Err(PathRefused::AboveRoute), "{path}");
+            assert_eq!(
+                normalize(path, false),
+                Err(PathRefused::AboveRoute),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn encoded_slashes_are_refused_unless_allowed_and_never_climb() {
         for path in ["/..%2fx", "/..%2Fx", "/..%5cx", "/a%2Fb"] {
-            assert_eq!(normalize(path, false), Err(PathRefused::EncodedSlash), "{path}");
+            assert_eq!(
+                normalize(path, false),
+                Err(PathRefused::EncodedSlash),
+                "{path}"
+            );
         }
         assert_eq!(normalize("/a%2fb", true).unwrap(), "/a%2Fb");
         assert_eq!(normalize("/..%2fx", true), Err(PathRefused::AboveRoute));
-        assert_eq!(normalize("/a/..%5c..%5cx", true), Err(PathRefused::AboveRoute));
+        assert_eq!(
+            normalize("/a/..%5c..%5cx", true),
+            Err(PathRefused::AboveRoute)
+        );
     }
 
     #[test]

@@ -82,15 +82,23 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Whether `name` must not cross a proxy, including the headers that the
-/// `Connection` header names.
-pub fn is_hop_by_hop(name: &str, connection: Option<&str>) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || connection.is_some_and(|listed| {
-            listed
-                .split(',')
-                .any(|n| n.trim().eq_ignore_ascii_case(name))
-        })
+/// The header names listed in every `Connection` field of `headers`
+/// (a request may carry more than one), lower-cased.
+pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Whether `name` (lower-case) must not cross a proxy: the fixed list, and
+/// the headers that a `Connection` field names.
+pub fn is_hop_by_hop(name: &str, connection_listed: &[String]) -> bool {
+    HOP_BY_HOP.contains(&name) || connection_listed.iter().any(|n| n == name)
 }
 
 /// "error: cause: cause", so that "connection refused" is not hidden
@@ -122,9 +130,14 @@ mod tests {
     }
 
     #[test]
-    fn connection_listed_headers_are_hop_by_hop() {
-        assert!(is_hop_by_hop("x-private", Some("close, X-Private")));
-        assert!(is_hop_by_hop("upgrade", None));
-        assert!(!is_hop_by_hop("content-type", Some("close")));
+    fn headers_listed_in_any_connection_field_are_hop_by_hop() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("connection", "close".parse().unwrap());
+        headers.append("connection", " X-Private ,, x-other".parse().unwrap());
+        let listed = connection_listed(&headers);
+        assert!(is_hop_by_hop("x-private", &listed));
+        assert!(is_hop_by_hop("x-other", &listed));
+        assert!(is_hop_by_hop("upgrade", &[]));
+        assert!(!is_hop_by_hop("content-type", &listed));
     }
 }

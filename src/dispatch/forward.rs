@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 
-use crate::outbox::DueDelivery;
+use crate::outbox::{DueDelivery, stored_headers};
 use crate::retry::parse_retry_after;
 use crate::upstream::{self, BaseUrl, UpstreamClient, error_chain};
 
@@ -75,39 +76,36 @@ impl Forwarder {
             Ok(request) => request,
             Err(error) => return AttemptResult::Invalid { error },
         };
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => AttemptResult::NoAnswer {
-                error: format!("no answer within {} ms", self.timeout.as_millis()),
-            },
-        }
-    }
-
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> AttemptResult {
-        let response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(e) => {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
                 return AttemptResult::NoAnswer {
                     error: error_chain(&e),
                 };
             }
+            Err(_) => {
+                return AttemptResult::NoAnswer {
+                    error: format!("no answer within {} ms", self.timeout.as_millis()),
+                };
+            }
         };
+        // The status is the answer: what follows is read only so that the
+        // connection can be reused (and for an error's snippet), at most
+        // MAX_DRAIN_BYTES until the deadline. A 2xx whose body trickles past
+        // it is still delivered, never sent again.
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = Limited::new(response.into_body(), MAX_DRAIN_BYTES)
-            .collect()
-            .await;
-        let snippet = match (status, body) {
-            (200..=299, _) => String::new(),
-            (_, Ok(body)) => {
-                let bytes = body.to_bytes();
-                String::from_utf8_lossy(&bytes[..bytes.len().min(ERROR_SNIPPET_BYTES)]).into_owned()
+        let start = drain_start(response.into_body(), deadline).await;
+        let snippet = match status {
+            200..=299 => String::new(),
+            _ => {
+                String::from_utf8_lossy(&start[..start.len().min(ERROR_SNIPPET_BYTES)]).into_owned()
             }
-            (_, Err(_)) => String::new(),
         };
         AttemptResult::Answered {
             status,
@@ -131,16 +129,14 @@ impl Forwarder {
         let headers = request.headers_mut();
         // Stored headers: a newer spool may have stored ones this one does
         // not know; they are passed on as they are.
-        let stored: Vec<(String, String)> = serde_json::from_str(&delivery.headers_json)
-            .map_err(|e| format!("stored headers: {e}"))?;
-        for (name, value) in &stored {
+        for (name, value) in stored_headers::decode(&delivery.headers_json)? {
             let lower = name.to_ascii_lowercase();
-            if SET_HERE.contains(&lower.as_str()) || upstream::is_hop_by_hop(&lower, None) {
+            if SET_HERE.contains(&lower.as_str()) || upstream::is_hop_by_hop(&lower, &[]) {
                 continue;
             }
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
+                HeaderValue::from_bytes(&value),
             ) {
                 headers.append(name, value);
             }
@@ -164,6 +160,26 @@ impl Forwarder {
         }
         Ok(request)
     }
+}
+
+/// Reads an answer's body until it ends, MAX_DRAIN_BYTES have come, or
+/// the deadline; returns the start of it (up to the snippet's size).
+async fn drain_start(mut body: Incoming, deadline: tokio::time::Instant) -> Vec<u8> {
+    let mut start = Vec::new();
+    let mut read = 0usize;
+    while read < MAX_DRAIN_BYTES {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            // The end, a broken body or the deadline: what came is all.
+            _ => break,
+        };
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+            let room = ERROR_SNIPPET_BYTES.saturating_sub(start.len());
+            start.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    start
 }
 
 fn hyphenated(id: uuid::Uuid) -> HeaderValue {

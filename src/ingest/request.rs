@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::routes::Route;
-use crate::outbox::NewMessage;
+use crate::outbox::{NewMessage, stored_headers};
 use crate::problem::ApiError;
 use crate::upstream;
 
@@ -112,7 +112,7 @@ pub fn new_message(
         method,
         path: rest.to_owned(),
         query,
-        headers_json: stored_headers(route, headers)?,
+        headers_json: stored_headers(route, headers),
         body,
         idempotency_key,
         request_hash,
@@ -134,9 +134,17 @@ fn method_str(method: &http::Method) -> &'static str {
 }
 
 fn key_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(name) else {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        // Which one the client meant is unknowable: keeping either could
+        // merge two writes, or split one key's order.
+        return Err(ApiError::BadRequest(format!(
+            "{name} is given more than once; send it once"
+        )));
+    }
     let text = value
         .to_str()
         .map_err(|_| ApiError::BadRequest(format!("{name} must be visible ASCII")))?;
@@ -148,17 +156,17 @@ fn key_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, 
     Ok(Some(text.to_owned()))
 }
 
-/// W3C Trace Context: kept only when `traceparent` is well formed, and
-/// `tracestate` only with it (as the specification says to do).
+/// W3C Trace Context: `traceparent` kept only when there is one and it is
+/// well formed (else the forwarder starts a trace), and `tracestate` only
+/// with it (as the specification says to do), within its limits.
 fn trace_context(headers: &HeaderMap) -> (Option<String>, Option<String>) {
-    let parent = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v));
-    let state = parent
-        .and(headers.get(&TRACESTATE))
-        .and_then(|v| v.to_str().ok());
-    (parent.map(str::to_owned), state.map(str::to_owned))
+    let mut parents = headers.get_all(&TRACEPARENT).iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(only), None) => only.to_str().ok().filter(|v| is_traceparent(v)),
+        _ => None,
+    };
+    let state = parent.and_then(|_| trace_state(headers));
+    (parent.map(str::to_owned), state)
 }
 
 fn is_traceparent(value: &str) -> bool {
@@ -168,7 +176,9 @@ fn is_traceparent(value: &str) -> bool {
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    parts.len() >= 4
+    // Version 00 has exactly four fields; a later version may add more.
+    let fields_fit = parts.len() == 4 || (parts.len() > 4 && parts[0] != "00");
+    fields_fit
         && hex(parts[0], 2)
         && parts[0] != "ff"
         && hex(parts[1], 32)
@@ -178,26 +188,66 @@ fn is_traceparent(value: &str) -> bool {
         && hex(parts[3], 2)
 }
 
-/// The allow-listed headers (content-type always) as a JSON array of
-/// [name, value] pairs, in request order.
-fn stored_headers(route: &Route, headers: &HeaderMap) -> Result<String, ApiError> {
-    let connection = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok());
-    let mut kept: Vec<[&str; 2]> = Vec::new();
-    for (name, value) in headers {
-        if SET_BY_SPOOL.contains(name)
-            || upstream::is_hop_by_hop(name.as_str(), connection)
-            || !(name == header::CONTENT_TYPE || route.forward_headers.allows(name))
-        {
-            continue;
-        }
-        let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
-            ApiError::BadRequest(format!("header {name} has a value that is not UTF-8"))
-        })?;
-        kept.push([name.as_str(), value]);
+/// Most list members in a `tracestate` (W3C Trace Context §3.3.1.1).
+const TRACESTATE_MAX_MEMBERS: usize = 32;
+/// What a `tracestate` is cut down to: the size every vendor must pass on.
+const TRACESTATE_MAX_BYTES: usize = 512;
+/// Members longer than this are dropped first when cutting (§3.3.1.5).
+const TRACESTATE_LONG_MEMBER: usize = 128;
+
+/// Every `tracestate` field as one list, within W3C's limits: more than 32
+/// members makes it invalid (dropped); past 512 bytes, long members go
+/// first, then members from the end, as the specification suggests.
+fn trace_state(headers: &HeaderMap) -> Option<String> {
+    let mut members: Vec<&str> = Vec::new();
+    for value in headers.get_all(&TRACESTATE) {
+        let text = value.to_str().ok()?;
+        members.extend(text.split(',').map(str::trim).filter(|m| !m.is_empty()));
     }
-    Ok(serde_json::to_string(&kept).expect("strings serialize"))
+    if members.is_empty() || members.len() > TRACESTATE_MAX_MEMBERS {
+        return None;
+    }
+    if !members.iter().all(|m| is_trace_state_member(m)) {
+        return None;
+    }
+    let size = |members: &[&str]| members.iter().map(|m| m.len() + 1).sum::<usize>() - 1;
+    if size(&members) > TRACESTATE_MAX_BYTES {
+        members.retain(|m| m.len() <= TRACESTATE_LONG_MEMBER);
+    }
+    while !members.is_empty() && size(&members) > TRACESTATE_MAX_BYTES {
+        members.pop();
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
+
+/// `key=value` with a key of at most 256 characters and a value of at most
+/// 256 printable characters other than `,` and `=`.
+fn is_trace_state_member(member: &str) -> bool {
+    let Some((key, value)) = member.split_once('=') else {
+        return false;
+    };
+    let key_ok = !key.is_empty()
+        && key.len() <= 256
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b));
+    let value_ok = !value.is_empty()
+        && value.len() <= 256
+        && value
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=');
+    key_ok && value_ok
+}
+
+/// The allow-listed headers (content-type always), in request order.
+fn stored_headers(route: &Route, headers: &HeaderMap) -> String {
+    let listed = upstream::connection_listed(headers);
+    let kept = headers.iter().filter(|(name, _)| {
+        !(SET_BY_SPOOL.contains(name)
+            || upstream::is_hop_by_hop(name.as_str(), &listed)
+            || !(*name == header::CONTENT_TYPE || route.forward_headers.allows(name)))
+    });
+    stored_headers::encode(kept.map(|(name, value)| (name.as_str(), value.as_bytes())))
 }
 
 /// What makes two requests "the same" for an Idempotency-Key.
@@ -241,6 +291,54 @@ mod tests {
         assert!(!is_traceparent(
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
         ));
+        assert!(!is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
+        assert!(is_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
+    }
+
+    fn trace_headers(parents: &[&str], states: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for p in parents {
+            headers.append(&TRACEPARENT, p.parse().unwrap());
+        }
+        for s in states {
+            headers.append(&TRACESTATE, s.parse().unwrap());
+        }
+        headers
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn two_traceparents_are_no_traceparent() {
+        let (parent, state) = trace_context(&trace_headers(&[PARENT, PARENT], &["a=1"]));
+        assert_eq!((parent, state), (None, None));
+    }
+
+    #[test]
+    fn tracestate_fields_are_joined_and_kept_within_limits() {
+        let (_, state) = trace_context(&trace_headers(&[PARENT], &["a=1, b=2", "c=3"]));
+        assert_eq!(state.as_deref(), Some("a=1,b=2,c=3"));
+        let long = format!("long={}", "x".repeat(200));
+        let many: Vec<String> = (0..20)
+            .map(|i| format!("k{i}={}", "v".repeat(30)))
+            .collect();
+        let text = format!("{long},{}", many.join(","));
+        let (_, state) = trace_context(&trace_headers(&[PARENT], &[&text]));
+        let state = state.unwrap();
+        assert!(state.len() <= TRACESTATE_MAX_BYTES, "{}", state.len());
+        assert!(
+            state.starts_with("k0="),
+            "the long member goes first: {state}"
+        );
+        let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        let (_, state) = trace_context(&trace_headers(&[PARENT], &[&too_many.join(",")]));
+        assert_eq!(state, None);
+        let (_, state) = trace_context(&trace_headers(&[PARENT], &["no-equals"]));
+        assert_eq!(state, None);
     }
 
     #[test]

@@ -78,13 +78,38 @@ impl HeaderAllowList {
         list
     }
 
+    /// An exact entry allows its header; a prefix allows what it matches
+    /// except credential-like names, which a route must list by name to
+    /// keep (they would be stored at rest in the outbox).
     pub fn allows(&self, name: &HeaderName) -> bool {
         self.exact.contains(name)
-            || self
+            || (self
                 .prefixes
                 .iter()
                 .any(|p| name.as_str().starts_with(p.as_str()))
+                && !is_credential_like(name.as_str()))
     }
+}
+
+/// Parts of a header name that say it carries a credential: `x-api-key`,
+/// `x-auth-token`, `x-amz-security-token`, `x-session-id`, ...
+const CREDENTIAL_WORDS: &[&str] = &[
+    "auth",
+    "token",
+    "secret",
+    "passw",
+    "api-key",
+    "apikey",
+    "api_key",
+    "session",
+    "cookie",
+    "credential",
+    "signature",
+    "private",
+];
+
+fn is_credential_like(name: &str) -> bool {
+    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -97,5 +122,20 @@ mod tests {
         assert!(list.allows(&HeaderName::from_static("content-type")));
         assert!(list.allows(&HeaderName::from_static("x-request-id")));
         assert!(!list.allows(&HeaderName::from_static("authorization")));
+    }
+
+    #[test]
+    fn prefixes_leave_credentials_out_unless_listed_by_name() {
+        let list = HeaderAllowList::new(&["x-*".into()]);
+        for name in [
+            "x-api-key",
+            "x-auth-token",
+            "x-amz-security-token",
+            "x-session-id",
+        ] {
+            assert!(!list.allows(&HeaderName::from_static(name)), "{name}");
+        }
+        let listed = HeaderAllowList::new(&["x-*".into(), "X-Api-Key".into()]);
+        assert!(listed.allows(&HeaderName::from_static("x-api-key")));
     }
 }

@@ -10,6 +10,7 @@ mod outcomes;
 mod pool;
 mod shards;
 pub mod sql;
+pub mod stored_headers;
 mod tls;
 
 pub use backlog::{TargetBacklog, backlog_by_target};

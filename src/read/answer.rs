@@ -56,13 +56,10 @@ fn mark(headers: &mut HeaderMap, source: Source, cache_status: HeaderValue) {
 }
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let listed = upstream::connection_listed(headers);
     let doomed: Vec<_> = headers
         .keys()
-        .filter(|n| upstream::is_hop_by_hop(n.as_str(), connection.as_deref()))
+        .filter(|n| upstream::is_hop_by_hop(n.as_str(), &listed))
         .cloned()
         .collect();
     for name in doomed {

@@ -333,15 +333,12 @@ fn upstream_request(
         .method(parts.method.clone())
         .uri(uri)
         .body(Full::new(Bytes::new()))?;
-    let connection = parts
-        .headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok());
+    let listed = upstream::connection_listed(&parts.headers);
     let headers = request.headers_mut();
     for (name, value) in &parts.headers {
         if name == header::HOST
             || name == header::CONTENT_LENGTH
-            || upstream::is_hop_by_hop(name.as_str(), connection)
+            || upstream::is_hop_by_hop(name.as_str(), &listed)
         {
             continue;
         }
