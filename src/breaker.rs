@@ -95,13 +95,19 @@ impl Breaker {
     }
 
     pub fn state(&self) -> BreakerState {
-        self.inner.lock().expect("breaker lock").state
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state
     }
 
     /// Asks to send. Past the cool-down an open breaker turns half-open and
     /// hands out one probe.
     pub fn permit(&self) -> Permit {
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match inner.state {
             BreakerState::Closed => Permit::Go,
             BreakerState::Open => {
@@ -126,7 +132,10 @@ impl Breaker {
     /// not, when it may (None: once the probe out has its result). The
     /// dispatcher asks before claiming, so an open breaker claims nothing.
     pub fn peek(&self) -> Result<(), Option<Instant>> {
-        let inner = self.inner.lock().expect("breaker lock");
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match inner.state {
             BreakerState::Closed => Ok(()),
             BreakerState::Open => {
@@ -144,12 +153,18 @@ impl Breaker {
 
     /// A probe was handed out but never sent (nothing was due): give it back.
     pub fn return_probe(&self) {
-        self.inner.lock().expect("breaker lock").probe_out = false;
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .probe_out = false;
     }
 
     /// Records an attempt's result; returns the new state if it changed.
     pub fn record(&self, verdict: Verdict) -> Option<BreakerState> {
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = inner.state;
         match (verdict, inner.state) {
             (Verdict::Neutral, BreakerState::HalfOpen) => inner.probe_out = false,

@@ -13,6 +13,47 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Slowest rate other than 0: one send every ~17 minutes. Below it the
+/// wait for a token would be far longer than anyone means.
+pub const MIN_RATE: f64 = 0.001;
+/// Fastest rate, burst and concurrency: far past what one target takes,
+/// and small enough that no arithmetic on them overflows.
+pub const MAX_RATE: f64 = 1_000_000.0;
+pub const MAX_BURST: u32 = 1_000_000;
+pub const MAX_CONCURRENCY: usize = 10_000;
+
+/// What is wrong with a rate, burst or concurrency, each by its name; the
+/// same bounds for the configuration and the admin API.
+pub fn check_rate(per_second: f64) -> Result<(), String> {
+    if per_second == 0.0 || (MIN_RATE..=MAX_RATE).contains(&per_second) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 0 (stopped) or from {MIN_RATE} to {MAX_RATE} per second"
+        ))
+    }
+}
+
+pub fn check_burst(burst: u32) -> Result<(), String> {
+    if (1..=MAX_BURST).contains(&burst) {
+        Ok(())
+    } else {
+        Err(format!("must be from 1 to {MAX_BURST}"))
+    }
+}
+
+pub fn check_concurrency(concurrency: usize) -> Result<(), String> {
+    if (1..=MAX_CONCURRENCY).contains(&concurrency) {
+        Ok(())
+    } else {
+        Err(format!("must be from 1 to {MAX_CONCURRENCY}"))
+    }
+}
+
+/// The longest a dispatcher is told to wait for a token: it looks again
+/// then (and on any settings change before).
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(3600);
+
 /// The current settings, as shown by the admin API.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FlowSettings {
@@ -81,8 +122,17 @@ impl FlowControl {
         }
     }
 
+    /// The bucket, even after a panic elsewhere while it was held: its
+    /// numbers are always whole (each change is one assignment), and a
+    /// poisoned lock must not stop the admin API or the restarted task.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn settings(&self) -> FlowSettings {
-        self.bucket.lock().expect("flow lock").settings
+        self.lock().settings
     }
 
     pub fn in_flight(&self) -> usize {
@@ -106,7 +156,7 @@ impl FlowControl {
     }
 
     fn update(&self, change: impl FnOnce(&mut FlowSettings)) {
-        let mut bucket = self.bucket.lock().expect("flow lock");
+        let mut bucket = self.lock();
         bucket.refill(Instant::now());
         change(&mut bucket.settings);
         bucket.tokens = bucket.tokens.min(f64::from(bucket.settings.burst));
@@ -118,7 +168,7 @@ impl FlowControl {
     /// Each one granted must be given back with `finished`.
     pub fn take(&self, want: usize) -> Result<usize, Blocked> {
         let now = Instant::now();
-        let mut bucket = self.bucket.lock().expect("flow lock");
+        let mut bucket = self.lock();
         let settings = bucket.settings;
         if settings.paused || settings.per_second <= 0.0 {
             return Err(Blocked::Stopped);
@@ -131,7 +181,10 @@ impl FlowControl {
         let whole = bucket.tokens.floor() as usize;
         if whole == 0 {
             let wait = (1.0 - bucket.tokens) / settings.per_second;
-            return Err(Blocked::Until(now + Duration::from_secs_f64(wait)));
+            let wait = Duration::try_from_secs_f64(wait)
+                .unwrap_or(MAX_TOKEN_WAIT)
+                .min(MAX_TOKEN_WAIT);
+            return Err(Blocked::Until(now + wait));
         }
         let granted = want.min(free).min(whole);
         bucket.tokens -= granted as f64;
@@ -142,6 +195,12 @@ impl FlowControl {
     /// An attempt finished: its concurrency slot is free again.
     pub fn finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Every attempt counted in flight is gone (their task was dropped).
+    pub fn forget_in_flight(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
         self.changed.notify_one();
     }
 
@@ -169,6 +228,20 @@ mod tests {
         assert_eq!(at - Instant::now(), Duration::from_millis(100));
         tokio::time::advance(Duration::from_millis(300)).await;
         assert_eq!(flow.take(100), Ok(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slowest_rate_waits_a_bounded_time() {
+        let flow = FlowControl::new(1e-300, Some(1), 1);
+        assert_eq!(flow.take(1), Ok(1));
+        flow.finished();
+        let Err(Blocked::Until(at)) = flow.take(1) else {
+            panic!("should wait")
+        };
+        assert_eq!(at - Instant::now(), MAX_TOKEN_WAIT);
+        assert!(check_rate(1e-300).is_err());
+        assert!(check_rate(0.0).is_ok() && check_rate(MIN_RATE).is_ok());
+        assert!(check_rate(f64::NAN).is_err() && check_rate(-1.0).is_err());
     }
 
     #[tokio::test(start_paused = true)]

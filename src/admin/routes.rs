@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AdminPort, AdminTarget, json_body, ok};
+use crate::flow;
 use crate::outbox::{TargetBacklog, backlog_by_target};
 use crate::problem::ApiError;
 
@@ -68,15 +69,19 @@ pub async fn set_rate(
 ) -> Result<Response, ApiError> {
     let target = admin.find_target(&route, &target)?;
     let change: RateChange = json_body(&body)?;
-    if !change.per_second.is_finite() || change.per_second < 0.0 {
-        return Err(ApiError::BadRequest(
-            "per_second must be a number, 0 or more (0 stops sending)".into(),
-        ));
-    }
-    if change.burst == Some(0) || change.concurrency == Some(0) {
-        return Err(ApiError::BadRequest(
-            "burst and concurrency must be at least 1".into(),
-        ));
+    // Every value checked before any is applied.
+    let checks = [
+        ("per_second", Some(flow::check_rate(change.per_second))),
+        ("burst", change.burst.map(flow::check_burst)),
+        (
+            "concurrency",
+            change.concurrency.map(flow::check_concurrency),
+        ),
+    ];
+    for (field, check) in checks {
+        if let Some(Err(message)) = check {
+            return Err(ApiError::BadRequest(format!("{field} {message}")));
+        }
     }
     let flow = &target.handle.flow;
     flow.set_rate(change.per_second, change.burst);

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use super::{Config, ConfigError, RouteConfig};
+use crate::flow;
 
 /// Methods that may be configured as write methods. GET and HEAD are reads.
 const WRITABLE: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
@@ -287,20 +288,14 @@ fn validate_route(key: &str, route: &RouteConfig, fail: &mut impl FnMut(String, 
         );
     }
     let rate = &route.rate;
-    if !rate.per_second.is_finite() || rate.per_second < 0.0 {
-        fail(
-            format!("{key}.rate.per_second"),
-            "must be 0 (stopped) or more".into(),
-        );
+    if let Err(message) = flow::check_rate(rate.per_second) {
+        fail(format!("{key}.rate.per_second"), message);
     }
-    if rate.burst == Some(0) {
-        fail(format!("{key}.rate.burst"), "must be at least 1".into());
+    if let Some(Err(message)) = rate.burst.map(flow::check_burst) {
+        fail(format!("{key}.rate.burst"), message);
     }
-    if rate.concurrency == 0 {
-        fail(
-            format!("{key}.rate.concurrency"),
-            "must be at least 1".into(),
-        );
+    if let Err(message) = flow::check_concurrency(rate.concurrency) {
+        fail(format!("{key}.rate.concurrency"), message);
     }
 }
 

@@ -55,7 +55,10 @@ pub async fn run(
             if delivery.ordering_key.is_none() {
                 // Read again from the outbox when due.
                 let at = Instant::now() + *delay;
-                let mut next = target.next_due.lock().expect("next_due lock");
+                let mut next = target
+                    .next_due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 *next = Some(next.map_or(at, |n| n.min(at)));
             }
             metrics.retried.inc();

@@ -15,6 +15,7 @@ mod forward;
 mod held;
 mod ownership;
 mod recorder;
+mod supervise;
 mod wakeup;
 mod worker;
 
@@ -171,7 +172,19 @@ impl Dispatcher {
             })
             .collect();
         for (target, view) in targets.into_iter().zip(views) {
-            workers.spawn(worker::run(target, view, settings.clone()));
+            let name = format!("{}/{}", target.route, target.name);
+            let restarted = Arc::clone(&target);
+            let settings = settings.clone();
+            workers.spawn(supervise::supervise(
+                name,
+                cancel.clone(),
+                move || worker::run(Arc::clone(&target), view.clone(), settings.clone()),
+                // The panicked worker's attempts were dropped with it.
+                move || {
+                    restarted.flow.forget_in_flight();
+                    restarted.breaker.return_probe();
+                },
+            ));
         }
         drop(settings);
         let mut background = JoinSet::new();

@@ -53,7 +53,10 @@ impl Wakeups {
     /// Called after a commit: wakes local dispatchers now, and has the
     /// announcer tell other spools.
     pub fn committed<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
-        let mut pending = self.to_announce.lock().expect("wakeups lock");
+        let mut pending = self
+            .to_announce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for route in routes {
             self.wake_route(route);
             if !pending.contains(route) {

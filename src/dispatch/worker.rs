@@ -432,7 +432,11 @@ impl Worker {
     /// change of shards or settings, a retry coming due, the poll, or
     /// shutdown.
     async fn wait(&mut self, until: Option<Instant>) {
-        let due = *self.target.next_due.lock().expect("next_due lock");
+        let due = *self
+            .target
+            .next_due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut deadline = [until, due].into_iter().flatten().min();
         if !self.maybe_due {
             deadline = Some(deadline.map_or(self.poll_at, |d| d.min(self.poll_at)));
@@ -465,7 +469,11 @@ impl Worker {
         if !self.maybe_due && self.poll_at <= now {
             self.maybe_due = true;
         }
-        let mut next_due = self.target.next_due.lock().expect("next_due lock");
+        let mut next_due = self
+            .target
+            .next_due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if next_due.is_some_and(|at| at <= now) {
             // A retry may come due behind the cursor.
             *next_due = None;

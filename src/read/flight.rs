@@ -44,7 +44,10 @@ pub enum Role {
 
 impl Flights {
     pub fn join(self: &Arc<Self>, key: Key) -> Role {
-        let mut in_flight = self.in_flight.lock().expect("flights lock");
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(slot) = in_flight.get(&key) {
             return Role::Follower(slot.clone());
         }
