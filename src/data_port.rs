@@ -20,6 +20,8 @@ pub struct DataPort {
     pub reads: ReadPath,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    /// Origins whose pages may call the data port (`server.allowed_origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// The data port's router: every path goes to one handler, since the first
@@ -37,6 +39,7 @@ async fn handle(State(port): State<Arc<DataPort>>, request: Request) -> Response
 
 async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiError> {
     check_header_limits(request.headers(), port.max_headers, port.max_header_bytes)?;
+    check_origin(request.headers(), &port.allowed_origins)?;
     let (parts, body) = request.into_parts();
     // A Uri clone shares its bytes: `rest` can borrow it while `parts` moves.
     let uri = parts.uri.clone();
@@ -58,4 +61,20 @@ async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiErro
         method: parts.method.to_string(),
         allow: route.allow.clone(),
     })
+}
+
+/// A web page's request (it carries an `Origin`) is refused unless its
+/// origin is listed: a page in the operator's browser must not be able to
+/// write through the sidecar on 127.0.0.1.
+fn check_origin(headers: &http::HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
+        return Ok(());
+    }
+    Err(ApiError::CrossSite(format!(
+        "requests from web pages at {origin} are refused; list the origin in server.allowed_origins to allow them"
+    )))
 }

@@ -7,6 +7,8 @@ mod support;
 
 #[path = "hostile/admin.rs"]
 mod admin;
+#[path = "hostile/browser.rs"]
+mod browser;
 #[path = "hostile/headers.rs"]
 mod headers;
 #[path = "hostile/limits.rs"]
@@ -17,7 +19,7 @@ mod paths;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{FakeTarget, TestEnv, route};
+use support::{FakeTarget, TestEnv, base_config, route, set_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An answer read off a raw socket.
@@ -86,6 +88,11 @@ impl Hostile {
 
     /// `route_extra` goes into the route's table, `extra` after it.
     pub async fn start_with(route_extra: &str, extra: &str) -> Self {
+        Self::start_full(route_extra, extra, "").await
+    }
+
+    /// Also with `server` lines added to `[server]`.
+    pub async fn start_full(route_extra: &str, extra: &str, server: &str) -> Self {
         let target = FakeTarget::healthy().await;
         let base = format!("{}/base/", target.url());
         // Route keys go before the targets' tables.
@@ -96,7 +103,9 @@ impl Hostile {
                 &format!("timeout_ms = 1000\n{route_extra}"),
                 1,
             );
-        let env = TestEnv::start_routes(&format!("{routes}\n{extra}")).await;
+        let rest = format!("{routes}\n{extra}");
+        let env =
+            TestEnv::start_config(|url| set_in(&base_config(url, &rest), "server", server)).await;
         Hostile { env, target }
     }
 

@@ -4,6 +4,7 @@
 
 mod auth;
 mod dead_letters;
+mod guard;
 mod routes;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AdminPort {
     pub check_timeout: Duration,
     /// Required on `/admin` calls when set.
     pub token: Option<String>,
+    /// Host names answered besides IP literals and localhost.
+    pub hosts: Vec<String>,
     /// Every target, in configuration order.
     pub targets: Vec<AdminTarget>,
     /// To wake the dispatchers of replayed dead letters.
@@ -93,7 +96,21 @@ pub fn router(state: Arc<AdminPort>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin_api)
+        .fallback(unknown_path)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::guard,
+        ))
+        .layer(middleware::from_fn(crate::problem::problem_bodies))
         .with_state(state)
+}
+
+async fn unknown_path(request: axum::extract::Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "the admin port has no {} {}; see GET /admin/routes, /readyz, /metrics",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// The process is up and serving: nothing else is checked, so a database

@@ -48,6 +48,12 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace_ms: u64,
+    /// Host names the admin port answers for, besides IP literals and
+    /// `localhost` (others get 421: no DNS rebinding).
+    pub admin_hosts: Vec<String>,
+    /// Origins whose web pages may write and read through the data port;
+    /// a request with any other `Origin` is refused 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +66,8 @@ impl Default for ServerConfig {
             max_headers: 64,
             admin_token: None,
             shutdown_grace_ms: 10_000,
+            admin_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

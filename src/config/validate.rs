@@ -6,6 +6,9 @@ use std::collections::HashSet;
 use super::{Config, ConfigError, RouteConfig};
 use crate::flow;
 
+/// Shortest admin token accepted when the admin port is off loopback.
+const MIN_PUBLIC_TOKEN: usize = 16;
+
 /// Methods that may be configured as write methods. GET and HEAD are reads.
 const WRITABLE: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
 
@@ -29,6 +32,17 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     match &server.admin_token {
         Some(token) if token.trim().is_empty() => {
             fail("server.admin_token".into(), "is set but empty".into())
+        }
+        Some(token)
+            if !server.admin_listen.ip().is_loopback() && token.len() < MIN_PUBLIC_TOKEN =>
+        {
+            fail(
+                "server.admin_token".into(),
+                format!(
+                    "must be at least {MIN_PUBLIC_TOKEN} characters to listen for admin calls on {}, which is not loopback (try `openssl rand -hex 32`)",
+                    server.admin_listen
+                ),
+            )
         }
         None if !server.admin_listen.ip().is_loopback() => fail(
             "server.admin_token".into(),

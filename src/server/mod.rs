@@ -101,6 +101,7 @@ impl Spool {
             reads,
             max_headers: config.server.max_headers,
             max_header_bytes: config.server.max_header_bytes,
+            allowed_origins: config.server.allowed_origins.clone(),
         });
         let admin_targets = config
             .routes
@@ -122,6 +123,7 @@ impl Spool {
             instance,
             check_timeout: config.ingest.commit_timeout(),
             token: config.server.admin_token.clone(),
+            hosts: config.server.admin_hosts.clone(),
             targets: admin_targets,
             wakeups: Arc::clone(&dispatcher.wakeups),
         });
