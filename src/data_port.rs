@@ -12,6 +12,7 @@ use crate::ingest::{RouteTable, WritePath, check_header_limits, split_path};
 use crate::problem::ApiError;
 use crate::read::ReadPath;
 use crate::request_path;
+use crate::server::framing;
 
 /// Shared state of the data port.
 pub struct DataPort {
@@ -38,6 +39,7 @@ async fn handle(State(port): State<Arc<DataPort>>, request: Request) -> Response
 }
 
 async fn dispatch(port: &DataPort, request: Request) -> Result<Response, ApiError> {
+    framing::check(request.version(), request.headers())?;
     check_header_limits(request.headers(), port.max_headers, port.max_header_bytes)?;
     check_origin(request.headers(), &port.allowed_origins)?;
     let (parts, body) = request.into_parts();

@@ -9,6 +9,8 @@ mod support;
 mod admin;
 #[path = "hostile/browser.rs"]
 mod browser;
+#[path = "hostile/framing.rs"]
+mod framing;
 #[path = "hostile/headers.rs"]
 mod headers;
 #[path = "hostile/limits.rs"]

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AdminPort;
 use crate::problem::ApiError;
+use crate::server::framing;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -32,6 +33,7 @@ pub async fn guard(State(admin): State<Arc<AdminPort>>, request: Request, next: 
 }
 
 async fn check(admin: &AdminPort, request: Request) -> Result<Request, ApiError> {
+    framing::check(request.version(), request.headers())?;
     let headers = request.headers();
     if headers.contains_key(header::ORIGIN) {
         return Err(ApiError::CrossSite(

@@ -1,6 +1,7 @@
 //! Starting and stopping a whole spool: database (embedded or not), schema,
 //! committers and both listeners, in that order, and the reverse on stop.
 
+pub mod framing;
 mod http;
 
 use std::net::SocketAddr;
