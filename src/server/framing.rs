@@ -15,9 +15,8 @@ pub fn check(version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
-                .split(',')
+            let text = String::from_utf8_lossy(v.as_bytes());
+            text.split(',')
                 .map(|c| c.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()
         })
@@ -30,7 +29,7 @@ pub fn check(version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
         return bad("the request has more than one Content-Length");
     }
     if let Some(length) = headers.get(header::CONTENT_LENGTH)
-        && !(length.as_bytes().iter().all(u8::is_ascii_digit) && !length.is_empty())
+        && (length.is_empty() || !length.as_bytes().iter().all(u8::is_ascii_digit))
     {
         return bad("Content-Length must be a number of bytes");
     }
