@@ -73,9 +73,7 @@ async fn ambiguous_framing_is_refused() {
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_framed_by_the_chunks_and_closes() {
     let h = Hostile::start().await;
-    let request = format!(
-        "POST /orders/x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\nGET /orders/smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
-    );
+    let request = "POST /orders/x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\nGET /orders/smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
         send_raw(h.env.client.data, request.as_bytes()),
