@@ -81,6 +81,8 @@ pub fn parse_answer(bytes: &[u8]) -> RawAnswer {
 pub struct Hostile {
     pub env: TestEnv,
     pub target: FakeTarget,
+    /// Writes this test expects the target to receive (`delivered`).
+    expected: std::sync::atomic::AtomicUsize,
 }
 
 impl Hostile {
@@ -108,7 +110,11 @@ impl Hostile {
         let rest = format!("{routes}\n{extra}");
         let env =
             TestEnv::start_config(|url| set_in(&base_config(url, &rest), "server", server)).await;
-        Hostile { env, target }
+        Hostile {
+            env,
+            target,
+            expected: Default::default(),
+        }
     }
 
     pub async fn messages(&self) -> i64 {
@@ -145,7 +151,35 @@ impl Hostile {
 
     /// Asserts that `request` is accepted (202) on the data port; returns
     /// what the target received for it.
+    /// Stops spool once every refused write has had the time to reach the
+    /// target had it been stored (a stored write can be delivered and its
+    /// row deleted before a count of rows sees it): the target must have
+    /// received exactly the writes the test accepted.
+    pub async fn stop(self) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let received = self
+            .target
+            .received()
+            .iter()
+            .filter(|r| r.method != "GET" && r.method != "HEAD")
+            .count();
+        let expected = self.expected.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            received, expected,
+            "the target received writes that were refused"
+        );
+        self.env.stop().await;
+    }
+
+    /// Counts a write the test sent itself as one the target should get.
+    pub fn expect_write(&self) {
+        self.expected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn delivered(&self, case: &str, request: &[u8]) -> support::Received {
+        self.expected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let answer = send_raw(self.env.client.data, request).await;
         assert_eq!(answer.status, 202, "{case}: {answer:?}");
         let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();

@@ -48,6 +48,18 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace_ms: u64,
+    /// From a connection's start (or its previous answer) until a whole
+    /// request head is in; also how long an idle keep-alive connection is
+    /// kept.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive (408 past it).
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once on each port; past it, new ones are
+    /// answered 503 with Retry-After and closed.
+    pub max_connections: usize,
+    /// Request body bytes held in memory at once across all writes; past
+    /// it, writes are answered 503 with Retry-After.
+    pub max_body_bytes_in_flight: u64,
     /// Host names the admin port answers for, besides IP literals and
     /// `localhost` (others get 421: no DNS rebinding).
     pub admin_hosts: Vec<String>,
@@ -66,6 +78,10 @@ impl Default for ServerConfig {
             max_headers: 64,
             admin_token: None,
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 4096,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
             admin_hosts: Vec::new(),
             allowed_origins: Vec::new(),
         }

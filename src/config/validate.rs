@@ -29,6 +29,27 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if server.max_headers < 8 {
         fail("server.max_headers".into(), "must be at least 8".into());
     }
+    for (key, value) in [
+        (
+            "server.header_read_timeout_ms",
+            server.header_read_timeout_ms,
+        ),
+        ("server.body_read_timeout_ms", server.body_read_timeout_ms),
+        ("server.max_connections", server.max_connections as u64),
+    ] {
+        if value == 0 {
+            fail(key.into(), "must be at least 1".into());
+        }
+    }
+    if server.max_body_bytes_in_flight < server.max_body_bytes {
+        fail(
+            "server.max_body_bytes_in_flight".into(),
+            format!(
+                "must be at least server.max_body_bytes ({}), or no write of the largest size could be taken",
+                server.max_body_bytes
+            ),
+        );
+    }
     match &server.admin_token {
         Some(token) if token.trim().is_empty() => {
             fail("server.admin_token".into(), "is set but empty".into())

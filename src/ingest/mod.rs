@@ -1,6 +1,7 @@
 //! The write path: a request on the data port becomes a committed outbox row
 //! before it is answered. 202 means committed; nothing else acknowledges.
 
+mod body;
 mod group_commit;
 mod request;
 mod routes;
@@ -26,6 +27,8 @@ use crate::telemetry::Metrics;
 pub struct WritePath {
     commit: GroupCommit,
     max_body_bytes: u64,
+    body_timeout: std::time::Duration,
+    budget: body::BodyBudget,
     retry_after_s: u64,
     metrics: Arc<Metrics>,
 }
@@ -35,6 +38,11 @@ impl WritePath {
         WritePath {
             commit,
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: std::time::Duration::from_millis(config.server.body_read_timeout_ms),
+            budget: body::BodyBudget::new(
+                config.server.max_body_bytes_in_flight,
+                config.ingest.retry_after_s,
+            ),
             retry_after_s: config.ingest.retry_after_s,
             metrics,
         }
@@ -49,6 +57,7 @@ impl WritePath {
             Ok((_, true)) => "replayed",
             Err(ApiError::IdempotencyConflict { .. }) => "conflict",
             Err(ApiError::Unavailable { .. }) => "unavailable",
+            Err(ApiError::Overloaded { .. }) => "overloaded",
             Err(_) => "rejected",
         };
         let labels = [&*route.name, outcome];
@@ -73,7 +82,15 @@ impl WritePath {
         rest: &str,
         body: Body,
     ) -> Result<(uuid::Uuid, bool), ApiError> {
-        let body = request::read_body(&parts.headers, body, self.max_body_bytes).await?;
+        // Held until the write is answered: the body is in memory till then.
+        let (body, _held) = body::read_body(
+            &parts.headers,
+            body,
+            self.max_body_bytes,
+            self.body_timeout,
+            &self.budget,
+        )
+        .await?;
         let message = request::new_message(route, parts, rest, body)?;
         let id = message.id;
         let key = message.idempotency_key.clone();

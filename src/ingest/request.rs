@@ -4,11 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -67,28 +65,6 @@ pub fn check_header_limits(
         )));
     }
     Ok(())
-}
-
-/// Reads the body, refusing it from Content-Length before reading, or as
-/// soon as a chunked body passes `limit`.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "the request body could not be read: {e}"
-        ))),
-    }
 }
 
 /// Builds the message to store from a write's parts and body.

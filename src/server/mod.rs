@@ -136,7 +136,8 @@ impl Spool {
         let limits = ConnectionLimits {
             max_headers: config.server.max_headers,
             max_header_bytes: config.server.max_header_bytes,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+            max_connections: config.server.max_connections,
         };
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let cancel = CancellationToken::new();

@@ -55,7 +55,7 @@ async fn admin_values_are_bounded_and_a_refused_one_changes_nothing() {
     .await;
     let answer = send_raw(port, &admin("GET", "/admin/routes", "", "")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn web_pages_cannot_drive_the_admin_port() {
     .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(paused());
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -195,7 +195,7 @@ async fn every_admin_error_is_problem_json() {
         .expect("answered without the rest of the body");
     assert_eq!(answer.status, 413, "{answer:?}");
     assert_eq!(answer.problem_type().as_deref(), Some("body-too-large"));
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn the_token_scheme_is_case_insensitive_and_a_wrong_token_refused() {
             );
         }
     }
-    h.env.stop().await;
+    h.stop().await;
 }
 
 trait ReplaceHost {

@@ -41,5 +41,5 @@ async fn pages_from_unlisted_origins_are_refused_and_listed_ones_served() {
         .await;
     let answer = send_raw(data, &get("/orders/x", "")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    h.env.stop().await;
+    h.stop().await;
 }

@@ -62,7 +62,7 @@ async fn ambiguous_framing_is_refused() {
         assert_eq!(answer.status, status, "{case}: {answer:?}");
         assert_eq!(h.messages().await, before, "{case}: a message was stored");
     }
-    h.env.stop().await;
+    h.stop().await;
 }
 
 /// hyper removes a Content-Length that comes with Transfer-Encoding before
@@ -85,15 +85,13 @@ async fn content_length_with_transfer_encoding_is_framed_by_the_chunks_and_close
         !answer.body.contains("HTTP/1.1"),
         "a second answer came: {answer:?}"
     );
-    let body: Vec<u8> = h
-        .env
-        .pg
-        .client()
-        .await
-        .query_one("SELECT body FROM spool_message", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(body, b"abcde");
-    h.env.stop().await;
+    h.expect_write();
+    let delivered = crate::support::eventually(Duration::from_secs(5), || async {
+        !h.target.received().is_empty()
+    })
+    .await;
+    assert!(delivered, "not delivered");
+    let body = h.target.received()[0].body.clone();
+    assert_eq!(&body[..], b"abcde");
+    h.stop().await;
 }

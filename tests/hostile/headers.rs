@@ -37,7 +37,7 @@ async fn ambiguous_keys_are_refused() {
         )
         .await;
     }
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn what_the_target_receives_of_the_headers() {
         received.headers.get("x-latin").unwrap().as_bytes(),
         b"caf\xe9\xff"
     );
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -166,5 +166,5 @@ async fn a_route_that_lists_a_credential_header_keeps_it() {
         )
         .await;
     assert_eq!(received.header("x-api-key"), Some("k1"));
-    h.env.stop().await;
+    h.stop().await;
 }

@@ -37,7 +37,7 @@ async fn paths_that_leave_the_route_are_refused_and_the_rest_stay_under_the_base
         let received = h.delivered(case, &write(path, "", "{}")).await;
         assert_eq!(received.path_and_query, forwarded, "{case}");
     }
-    h.env.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -56,5 +56,5 @@ async fn a_route_that_allows_encoded_slashes_still_keeps_them_under_the_base() {
         "bad-path",
     )
     .await;
-    h.env.stop().await;
+    h.stop().await;
 }
