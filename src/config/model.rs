@@ -139,6 +139,10 @@ pub struct IngestConfig {
     pub queue_capacity: usize,
     /// Longest a write waits for its commit before it is answered 503.
     pub commit_timeout_ms: u64,
+    /// When the answer to a COMMIT is lost (Postgres crashed or the network
+    /// broke after it was sent), how much longer spool asks Postgres what
+    /// became of the transaction before it answers that it does not know.
+    pub outcome_lookup_ms: u64,
     /// How long an Idempotency-Key is remembered.
     pub idempotency_retention_s: u64,
     /// Retry-After sent with a 503.
@@ -152,6 +156,7 @@ impl Default for IngestConfig {
             committers: 1,
             queue_capacity: 8192,
             commit_timeout_ms: 2_000,
+            outcome_lookup_ms: 5_000,
             idempotency_retention_s: 24 * 3600,
             retry_after_s: 1,
         }
@@ -161,6 +166,10 @@ impl Default for IngestConfig {
 impl IngestConfig {
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_millis(self.commit_timeout_ms)
+    }
+
+    pub fn outcome_lookup(&self) -> Duration {
+        Duration::from_millis(self.outcome_lookup_ms)
     }
 }
 

@@ -127,6 +127,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 10".into(),
         );
     }
+    if ingest.outcome_lookup_ms > 600_000 {
+        fail(
+            "ingest.outcome_lookup_ms".into(),
+            "must be at most 600000 (ten minutes)".into(),
+        );
+    }
     if ingest.retry_after_s == 0 {
         fail("ingest.retry_after_s".into(), "must be at least 1".into());
     }

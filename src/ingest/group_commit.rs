@@ -5,7 +5,10 @@
 //! committer tasks each take whatever is queued (up to `batch_max`), store
 //! it in one statement and answer every write of the batch only after the
 //! commit. Invariant: `Ok(Stored::Accepted)` is sent only for a committed
-//! row; a failed or timed-out batch answers every write with an error.
+//! row; a batch known not to be stored answers every write with an error
+//! that says so, and one whose COMMIT went unanswered is looked up
+//! (`outbox::transaction_status`) before it is answered either way, or
+//! answered `OutcomeUnknown` when Postgres cannot say in time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,18 +18,21 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
 use crate::config::IngestConfig;
 use crate::dispatch::Wakeups;
-use crate::outbox::{DbError, NewMessage, Stored, insert_batch};
+use crate::outbox::{
+    BatchCommit, DbError, NewMessage, Stored, TransactionStatus, commit_batch, transaction_status,
+};
 use crate::telemetry::Metrics;
 
 /// How often a write is tried again after losing an idempotency race to
 /// another spool's concurrent transaction.
 const MAX_TRIES: u8 = 3;
 
-/// Why a write was not committed. None of these acknowledges anything.
+/// Why a write was not acknowledged. Every variant but `OutcomeUnknown`
+/// means the write is known not to be stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     #[error("the write queue is full ({0} writes waiting)")]
@@ -37,6 +43,26 @@ pub enum CommitError {
     Database(Arc<str>),
     #[error("spool is shutting down")]
     ShuttingDown,
+    /// The COMMIT was sent but its answer lost, and Postgres could not be
+    /// asked in time what became of it: the write may be stored.
+    #[error("the outbox's answer to the commit was lost ({lost}) and {lookup}")]
+    OutcomeUnknown { lost: Arc<str>, lookup: Arc<str> },
+}
+
+impl CommitError {
+    /// Whether the write is known not to be stored.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, CommitError::OutcomeUnknown { .. })
+    }
+}
+
+impl From<DbError> for CommitError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Timeout(d) => CommitError::Timeout(d),
+            other => CommitError::Database(other.to_string().into()),
+        }
+    }
 }
 
 struct Job {
@@ -51,6 +77,7 @@ struct Job {
 pub struct GroupCommit {
     queue: mpsc::Sender<Job>,
     capacity: usize,
+    commit_timeout: Duration,
     wait: Duration,
 }
 
@@ -71,6 +98,7 @@ impl GroupCommit {
             pool,
             batch_max: config.batch_max,
             retention_s: config.idempotency_retention_s as f64,
+            outcome_lookup: config.outcome_lookup(),
             healthy: AtomicBool::new(true),
             metrics,
             wakeups,
@@ -82,20 +110,23 @@ impl GroupCommit {
         let handle = GroupCommit {
             queue,
             capacity: config.queue_capacity,
-            wait: config.commit_timeout(),
+            commit_timeout: config.commit_timeout(),
+            // The committer answers by then; the slack covers a busy runtime.
+            wait: config.commit_timeout() + config.outcome_lookup() + Duration::from_secs(1),
         };
         (handle, tasks)
     }
 
-    /// Queues `message` and waits, at most the commit timeout, for its
-    /// outcome. An error means the write was not acknowledged; after a
-    /// timeout it may still have been committed, which is why clients
-    /// retry with the same Idempotency-Key.
+    /// Queues `message` and waits for its outcome: committed by the commit
+    /// timeout, or looked up after that within the outcome lookup window.
+    /// An error means the write was not acknowledged; only
+    /// `CommitError::OutcomeUnknown` leaves open whether it is stored, which
+    /// is why clients retry with the same Idempotency-Key.
     pub async fn submit(&self, message: NewMessage) -> Result<Stored, CommitError> {
         let (reply, outcome) = oneshot::channel();
         let job = Job {
             message,
-            deadline: Instant::now() + self.wait,
+            deadline: Instant::now() + self.commit_timeout,
             tries: 0,
             reply,
         };
@@ -103,10 +134,16 @@ impl GroupCommit {
             mpsc::error::TrySendError::Full(_) => CommitError::QueueFull(self.capacity),
             mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
         })?;
+        // Without an answer from the committer, the write may be anywhere
+        // between the queue and a COMMIT: say so rather than guess.
+        let unanswered = |lost: &str| CommitError::OutcomeUnknown {
+            lost: lost.into(),
+            lookup: "no lookup could be made".into(),
+        };
         match timeout(self.wait, outcome).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CommitError::ShuttingDown),
-            Err(_) => Err(CommitError::Timeout(self.wait)),
+            Ok(Err(_)) => Err(unanswered("spool stopped while committing")),
+            Err(_) => Err(unanswered("the committer did not answer in time")),
         }
     }
 }
@@ -118,6 +155,8 @@ struct Committer {
     pool: Pool,
     batch_max: usize,
     retention_s: f64,
+    /// How long past its deadline a batch in doubt is looked up.
+    outcome_lookup: Duration,
     /// Whether the last batch committed, so an outage is logged once.
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
@@ -152,6 +191,14 @@ impl Committer {
     }
 
     async fn commit(&self, batch: Vec<Job>) {
+        // A write that waited past its deadline in the queue is refused
+        // before anything is sent for it.
+        let now = Instant::now();
+        let (late, batch): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|job| job.deadline <= now);
+        for job in late {
+            let _ = job.reply.send(Err(CommitError::Timeout(Duration::ZERO)));
+        }
         if batch.is_empty() {
             return;
         }
@@ -169,7 +216,8 @@ impl Committer {
         let result = self.store(&messages, deadline).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(DbError::Timeout(_)) => "timeout",
+            Err(CommitError::Timeout(_)) => "timeout",
+            Err(CommitError::OutcomeUnknown { .. }) => "unknown",
             Err(_) => "error",
         };
         self.metrics
@@ -190,11 +238,7 @@ impl Committer {
                 }
                 self.answer(batch, &leaders, &followers, &stored)
             }
-            Err(e) => {
-                let error = match e {
-                    DbError::Timeout(d) => CommitError::Timeout(d),
-                    other => CommitError::Database(other.to_string().into()),
-                };
+            Err(error) => {
                 for job in batch {
                     let _ = job.reply.send(Err(error.clone()));
                 }
@@ -202,22 +246,35 @@ impl Committer {
         }
     }
 
-    /// One statement within `deadline`; a connection that times out is
-    /// discarded, since it may be stuck on a frozen server.
+    /// Commits `messages` by `deadline`; a batch in doubt is looked up for
+    /// `outcome_lookup` more.
     async fn store(
         &self,
         messages: &[&NewMessage],
         deadline: Instant,
-    ) -> Result<Vec<Stored>, DbError> {
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let client = timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| DbError::Timeout(budget))??;
-        match timeout_at(deadline, insert_batch(&client, messages, self.retention_s)).await {
-            Ok(stored) => Ok(stored?),
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(DbError::Timeout(budget))
+    ) -> Result<Vec<Stored>, CommitError> {
+        match commit_batch(&self.pool, messages, self.retention_s, deadline).await {
+            BatchCommit::Committed(stored) => Ok(stored),
+            BatchCommit::NotCommitted(error) => Err(error.into()),
+            BatchCommit::InDoubt { inserted, error } => {
+                let lookup_until = Instant::now().max(deadline) + self.outcome_lookup;
+                let status = transaction_status(&self.pool, &inserted, lookup_until).await;
+                tracing::warn!(
+                    error = %error,
+                    status = ?status,
+                    writes = messages.len(),
+                    "the answer to a commit was lost; asked Postgres what became of it"
+                );
+                match status {
+                    TransactionStatus::Committed => Ok(inserted.stored),
+                    TransactionStatus::Aborted => Err(CommitError::Database(
+                        format!("{error}; Postgres reports the transaction aborted").into(),
+                    )),
+                    TransactionStatus::Unknown(why) => Err(CommitError::OutcomeUnknown {
+                        lost: error.to_string().into(),
+                        lookup: why.into(),
+                    }),
+                }
             }
         }
     }
@@ -284,7 +341,7 @@ impl Committer {
         }
     }
 
-    fn note_health<T>(&self, result: &Result<T, DbError>, writes: usize) {
+    fn note_health<T>(&self, result: &Result<T, CommitError>, writes: usize) {
         match result {
             Ok(_) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {

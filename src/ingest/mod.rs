@@ -102,9 +102,17 @@ impl WritePath {
                 id: first,
             }),
             Ok(Stored::Retry) => unreachable!("the committer resolves retries"),
-            Err(e) => Err(ApiError::Unavailable {
+            Err(e) if e.is_definite() => Err(ApiError::Unavailable {
                 detail: format!(
-                    "{e}; the write was not acknowledged, retry it (with the same Idempotency-Key)"
+                    "{e}; the write is not stored, retry it (with the same Idempotency-Key)"
+                ),
+                retry_after_s: self.retry_after_s,
+            }),
+            Err(e) => Err(ApiError::OutcomeUnknown {
+                detail: format!(
+                    "{e}: the write may or may not be stored; retry it with the same \
+                     Idempotency-Key, which stores it at most once (a retry without one \
+                     may store it twice)"
                 ),
                 retry_after_s: self.retry_after_s,
             }),

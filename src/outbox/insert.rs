@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::sql;
@@ -46,8 +47,22 @@ pub enum Stored {
     Retry,
 }
 
-/// Stores `batch` in one statement (commit included when `client` is not in a
-/// transaction) and says what became of each write, in order.
+/// A batch inserted in a transaction that is still open.
+#[derive(Debug)]
+pub struct Inserted {
+    /// What became of each write, in the batch's order, once committed.
+    pub stored: Vec<Stored>,
+    /// The open transaction's id, to ask Postgres about it should the
+    /// answer to its COMMIT be lost, and the server's incarnation
+    /// (`sql::server_incarnation`), which says whether that id still names it.
+    pub xact: Option<(String, String)>,
+    /// The ids of the messages stored (`Stored::Accepted`).
+    pub accepted: Vec<Uuid>,
+}
+
+/// Opens a transaction on `client` and stores `batch` in it with one
+/// statement (the BEGIN goes in the same round trip). The caller commits,
+/// or drops the connection, which aborts it.
 ///
 /// Idempotency keys must be unique within `batch`: the caller folds
 /// duplicates, since one statement cannot both insert and look up a key.
@@ -55,7 +70,7 @@ pub async fn insert_batch(
     client: &ClientWrapper,
     batch: &[&NewMessage],
     idempotency_retention_s: f64,
-) -> Result<Vec<Stored>, tokio_postgres::Error> {
+) -> Result<Inserted, tokio_postgres::Error> {
     let statement = client.prepare_cached(sql::INSERT_BATCH).await?;
     let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
     let routes: Vec<&str> = batch.iter().map(|m| &*m.route).collect();
@@ -78,29 +93,40 @@ pub async fn insert_batch(
             delivery_targets.push(target);
         }
     }
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &ids,
-                &routes,
-                &methods,
-                &paths,
-                &queries,
-                &headers,
-                &bodies,
-                &keys,
-                &hashes,
-                &ordering,
-                &parents,
-                &states,
-                &delivery_ids,
-                &delivery_targets,
-                &idempotency_retention_s,
-                &MESSAGE_FORMAT_VERSION,
-            ],
-        )
-        .await?;
+    let params: [&(dyn ToSql + Sync); 16] = [
+        &ids,
+        &routes,
+        &methods,
+        &paths,
+        &queries,
+        &headers,
+        &bodies,
+        &keys,
+        &hashes,
+        &ordering,
+        &parents,
+        &states,
+        &delivery_ids,
+        &delivery_targets,
+        &idempotency_retention_s,
+        &MESSAGE_FORMAT_VERSION,
+    ];
+    // Both requests are written before either answer is read (tokio-postgres
+    // pipelines what is polled together, in the order polled).
+    let (begun, rows) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&statement, &params)
+    );
+    let rows = rows?;
+    // Had BEGIN failed while the insert ran, the insert committed on its
+    // own and the caller's COMMIT is a no-op: right either way, so only the
+    // insert's error counts.
+    if let Err(e) = begun {
+        tracing::warn!(error = %e, "BEGIN failed before a batch insert that succeeded");
+    }
+    let xact = rows
+        .first()
+        .map(|row| (row.get::<_, String>(4), row.get::<_, String>(5)));
     let mut outcomes: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
     for row in rows {
         let id: Uuid = row.get(0);
@@ -115,8 +141,19 @@ pub async fn insert_batch(
         };
         outcomes.insert(id, stored);
     }
-    Ok(ids
+    let stored: Vec<Stored> = ids
         .iter()
         .map(|id| outcomes.get(id).copied().unwrap_or(Stored::Retry))
-        .collect())
+        .collect();
+    let accepted = ids
+        .iter()
+        .zip(&stored)
+        .filter(|(_, stored)| **stored == Stored::Accepted)
+        .map(|(id, _)| *id)
+        .collect();
+    Ok(Inserted {
+        stored,
+        xact,
+        accepted,
+    })
 }

@@ -2,6 +2,7 @@
 //! that turn accepted writes into rows. Nothing above this module writes SQL.
 
 mod backlog;
+mod commit;
 mod dead_letters;
 mod due;
 mod insert;
@@ -14,11 +15,12 @@ pub mod stored_headers;
 mod tls;
 
 pub use backlog::{TargetBacklog, backlog_by_target};
+pub use commit::{BatchCommit, TransactionStatus, commit_batch, transaction_status};
 pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
 pub use due::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane};
-pub use insert::{MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
+pub use insert::{Inserted, MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};
 pub use pool::{DbError, connect_pool, heartbeat, with_connection};

@@ -16,6 +16,18 @@ pub const APPLIED_MIGRATIONS: &str = "SELECT version FROM spool_schema_migration
 pub const RECORD_MIGRATION: &str =
     "INSERT INTO spool_schema_migrations (version, name) VALUES ($1, $2)";
 
+/// Names the server's run since its last start or crash recovery: the
+/// postmaster's start, and the checkpointer's, which is started again by a
+/// crash recovery that keeps the postmaster. `unseen` where the role may
+/// not see the checkpointer: then every lookup counts as after a restart.
+macro_rules! server_incarnation {
+    () => {
+        "(pg_postmaster_start_time()::text || ' ' || coalesce(
+            (SELECT backend_start::text FROM pg_stat_activity
+             WHERE backend_type = 'checkpointer' LIMIT 1), 'unseen'))"
+    };
+}
+
 /// Stores one batch of writes in a single statement (one round trip).
 ///
 /// `input` is the batch, one array element per write. An Idempotency-Key is
@@ -24,7 +36,8 @@ pub const RECORD_MIGRATION: &str =
 /// can answer a replay or a conflict. A key claimed by a transaction that
 /// committed after this statement's snapshot yields neither: the caller
 /// tries that write again in a later batch.
-pub const INSERT_BATCH: &str = "
+pub const INSERT_BATCH: &str = concat!(
+    "
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -64,11 +77,29 @@ deliveries AS (
 SELECT i.id,
        a.id IS NOT NULL AS accepted,
        k.message_id AS holder_id,
-       k.request_hash = i.request_hash AS same_request
+       k.request_hash = i.request_hash AS same_request,
+       pg_current_xact_id()::text AS xact,
+       ",
+    server_incarnation!(),
+    " AS incarnation
 FROM input i
 LEFT JOIN accepted a ON a.id = i.id
 LEFT JOIN spool_idempotency k
-       ON a.id IS NULL AND k.route = i.route AND k.key = i.idempotency_key";
+       ON a.id IS NULL AND k.route = i.route AND k.key = i.idempotency_key"
+);
+
+/// What became of transaction $1 (a `pg_current_xact_id()` as text):
+/// committed, aborted, in progress, or NULL once it is too old to say.
+/// Postgres keeps this for every recent transaction, so a client whose
+/// COMMIT went unanswered can find out (PostgreSQL 13 and newer). With it,
+/// the server's incarnation and how many of the messages $2 exist: after a
+/// crash a transaction id can be handed out again (one whose records never
+/// reached the disk), so "committed" then proves nothing by itself.
+pub const TRANSACTION_STATUS: &str = concat!(
+    "SELECT pg_xact_status($1::text::xid8), ",
+    server_incarnation!(),
+    ", (SELECT count(*) FROM spool_message WHERE id = ANY($2::uuid[]))"
+);
 
 /// Proves the outbox is writable: a real write, committed.
 pub const HEARTBEAT: &str = "

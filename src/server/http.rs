@@ -92,14 +92,20 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte_within = limits.header_read_timeout;
+        let stopping = cancel.clone();
         tokio::spawn(async move {
             // hyper's header timer starts only once the protocol is known,
             // which takes a first byte: a connection that never sends one
-            // would be held for ever.
+            // would be held for ever. Nor may it hold up a shutdown, which
+            // waits for every watcher.
             let mut byte = [0u8; 1];
-            match tokio::time::timeout(first_byte_within, stream.peek(&mut byte)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            let first_byte = tokio::time::timeout(first_byte_within, stream.peek(&mut byte));
+            tokio::select! {
+                peeked = first_byte => match peeked {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                () = stopping.cancelled() => return,
             }
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let _ = watcher.watch(connection.into_owned()).await;

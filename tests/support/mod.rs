@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod pg;
+pub mod pg_proxy;
 pub mod process;
 pub mod target;
 

@@ -1,0 +1,174 @@
+//! Committing a batch so that its outcome is known, or known to be unknown.
+//!
+//! The batch is inserted in an explicit transaction whose id comes back with
+//! the insert, before COMMIT is sent. Up to the COMMIT, any failure means
+//! nothing is stored: the connection is dropped, which aborts the
+//! transaction. Once COMMIT is sent, a lost answer (the connection broke,
+//! the database stopped answering) leaves the batch in doubt, and Postgres
+//! is asked on another connection what became of the transaction
+//! (`pg_xact_status`), which it can say for every recent one.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use super::insert::{Inserted, NewMessage, Stored, insert_batch};
+use super::pool::{DbError, with_connection};
+use super::sql;
+
+/// What became of a batch's transaction, as far as its COMMIT's answer says.
+#[derive(Debug)]
+pub enum BatchCommit {
+    Committed(Vec<Stored>),
+    /// Known not to be stored: the transaction never reached COMMIT, or
+    /// Postgres answered the COMMIT with an error (it rolled back).
+    NotCommitted(DbError),
+    /// COMMIT was sent and no answer came back.
+    InDoubt {
+        inserted: Inserted,
+        error: DbError,
+    },
+}
+
+/// Inserts and commits `batch` on one connection of `pool`, all by
+/// `deadline`.
+pub async fn commit_batch(
+    pool: &Pool,
+    batch: &[&NewMessage],
+    idempotency_retention_s: f64,
+    deadline: Instant,
+) -> BatchCommit {
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let client = match timeout_at(deadline, pool.get()).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return BatchCommit::NotCommitted(e.into()),
+        Err(_) => return BatchCommit::NotCommitted(DbError::Timeout(budget)),
+    };
+    let inserted = match timeout_at(
+        deadline,
+        insert_batch(&client, batch, idempotency_retention_s),
+    )
+    .await
+    {
+        Ok(Ok(inserted)) => inserted,
+        Ok(Err(e)) => {
+            discard(client);
+            return BatchCommit::NotCommitted(e.into());
+        }
+        Err(_) => {
+            discard(client);
+            return BatchCommit::NotCommitted(DbError::Timeout(budget));
+        }
+    };
+    match timeout_at(deadline, client.batch_execute("COMMIT")).await {
+        Ok(Ok(())) => BatchCommit::Committed(inserted.stored),
+        Ok(Err(e)) if e.as_db_error().is_some() => {
+            discard(client);
+            BatchCommit::NotCommitted(e.into())
+        }
+        Ok(Err(e)) => {
+            discard(client);
+            BatchCommit::InDoubt {
+                inserted,
+                error: e.into(),
+            }
+        }
+        Err(_) => {
+            discard(client);
+            BatchCommit::InDoubt {
+                inserted,
+                error: DbError::Timeout(budget),
+            }
+        }
+    }
+}
+
+/// Closes a connection instead of returning it to the pool: it may hold an
+/// open or failed transaction, or sit on a frozen server. Closing it aborts
+/// any transaction that has not committed.
+fn discard(client: Object) {
+    drop(Object::take(client));
+}
+
+/// What Postgres says of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionStatus {
+    Committed,
+    Aborted,
+    /// Postgres could not be asked, or could not say, by the deadline.
+    Unknown(String),
+}
+
+/// How long to wait between two questions about one transaction.
+const ASK_AGAIN: Duration = Duration::from_millis(100);
+/// Longest one question may take, so a frozen connection does not use up
+/// the whole deadline.
+const ONE_QUESTION: Duration = Duration::from_secs(1);
+
+/// Asks Postgres, on fresh connections, until `deadline`, whether the
+/// transaction of `inserted` committed. A transaction still in progress
+/// (its backend finishing the COMMIT) is asked about again.
+///
+/// After a crash or a failover, an id can belong to a newer transaction:
+/// only an id whose records never reached the disk is handed out again, and
+/// a committed transaction's always have, so "aborted" still means this one
+/// did not commit, while "committed" counts only if its messages are there
+/// (they may be gone once delivered: then spool says it does not know).
+pub async fn transaction_status(
+    pool: &Pool,
+    inserted: &Inserted,
+    deadline: Instant,
+) -> TransactionStatus {
+    let Some((xact, incarnation)) = &inserted.xact else {
+        return TransactionStatus::Unknown("its transaction id was not known".into());
+    };
+    let mut last = String::from("no time was left to ask");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return TransactionStatus::Unknown(last);
+        }
+        let answer = with_connection(pool, (deadline - now).min(ONE_QUESTION), async |client| {
+            let row = client
+                .query_one(sql::TRANSACTION_STATUS, &[xact, &inserted.accepted])
+                .await?;
+            Ok((
+                row.get::<_, Option<String>>(0),
+                row.get::<_, String>(1),
+                row.get::<_, i64>(2),
+            ))
+        })
+        .await;
+        let (status, started, found) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                last = format!("could not ask Postgres: {e}");
+                sleep_until((now + ASK_AGAIN).min(deadline)).await;
+                continue;
+            }
+        };
+        let restarted = started != *incarnation || started.ends_with("unseen");
+        let all_there = found == inserted.accepted.len() as i64;
+        match status.as_deref() {
+            Some("committed") if !restarted || all_there => return TransactionStatus::Committed,
+            Some("committed") => {
+                return TransactionStatus::Unknown(
+                    "Postgres restarted since, and the writes are not in the outbox \
+                     (delivered already, or never committed)"
+                        .into(),
+                );
+            }
+            Some("aborted") => return TransactionStatus::Aborted,
+            // In progress: its backend is finishing the COMMIT, or (after
+            // a crash) a newer transaction holds the id; it ends either way.
+            Some(_) => last = "its transaction was still in progress".into(),
+            None => {
+                return TransactionStatus::Unknown(
+                    "Postgres no longer knows its transaction".into(),
+                );
+            }
+        }
+        sleep_until((now + ASK_AGAIN).min(deadline)).await;
+    }
+}
