@@ -28,7 +28,15 @@ fn assert_refused(reply: &Reply, took: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crashed_then_back() {
-    let env = TestEnv::start().await;
+    // Readiness follows the write path only when asked to.
+    let env = TestEnv::start_config(|url| {
+        support::set_in(
+            &support::config_text(url, ""),
+            "server",
+            "ready_requires_outbox = true",
+        )
+    })
+    .await;
     assert_eq!(env.client.post("/orders/x", "before").await.status, 202);
     env.pg.crash().await;
     for i in 0..5 {
@@ -72,9 +80,13 @@ async fn postgres_frozen_then_thawed() {
             in_doubt += 1;
         }
     }
+    // By default the check fails without taking the pod out of rotation.
     let started = Instant::now();
     let ready = env.client.admin_get("/readyz").await;
-    assert_eq!(ready.status, 503);
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["checks"][0]["name"], "outbox_writable");
+    assert_eq!(ready.json()["checks"][0]["pass"], false);
+    assert_eq!(ready.json()["checks"][0]["gates_readiness"], false);
     assert!(started.elapsed() < BOUND);
 
     env.pg.thaw();

@@ -14,11 +14,14 @@ async fn starts_with_service_variables_and_secrets_from_files() {
     std::fs::write(&url_file, format!("{}\n", pg.url)).unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "t0ken-from-a-file\n").unwrap();
-    // No [database] url: it comes only from the file.
+    // No database url in the file: it comes only from the Secret's file.
     let config = r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+[database]
+# The test cluster runs with fsync off, for speed.
+allow_non_durable = true
 [log]
 level = "warn,spool=debug"
 format = "text"

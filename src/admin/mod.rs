@@ -20,7 +20,8 @@ use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::dispatch::{TargetHandle, Wakeups};
-use crate::outbox::{heartbeat, with_connection};
+use crate::ingest::CommitHealth;
+use crate::outbox::{Durability, heartbeat, with_connection};
 use crate::problem::ApiError;
 use crate::telemetry::Metrics;
 
@@ -39,6 +40,13 @@ pub struct AdminPort {
     pub targets: Vec<AdminTarget>,
     /// To wake the dispatchers of replayed dead letters.
     pub wakeups: Arc<Wakeups>,
+    /// The database's durability settings as last read.
+    pub durability: Arc<Durability>,
+    pub allow_non_durable: bool,
+    /// How real writes fared lately.
+    pub commit_health: Arc<CommitHealth>,
+    /// Whether the write path's checks fail `/readyz`.
+    pub ready_requires_outbox: bool,
 }
 
 /// One target and its live controls.
@@ -119,21 +127,18 @@ async fn healthz() -> Response {
     json(StatusCode::OK, serde_json::json!({"status": "alive"}))
 }
 
-/// Ready when the outbox takes a committed write. The body lists each check
-/// with its value, so an operator sees why not.
+/// How far back a failed batch of real writes fails the write-path check
+/// when no batch has committed since.
+const RECENT_WRITES: Duration = Duration::from_secs(10);
+
+/// Ready once started. The body lists each check with its value, so an
+/// operator sees what is wrong; only the checks that gate readiness fail it
+/// (the write path's, with `server.ready_requires_outbox`).
 async fn readyz(State(admin): State<Arc<AdminPort>>) -> Response {
-    let started = tokio::time::Instant::now();
-    let result = heartbeat(&admin.pool, &admin.instance, admin.check_timeout).await;
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
-    let check = match &result {
-        Ok(()) => serde_json::json!({
-            "name": "outbox_writable", "pass": true, "value": format!("committed in {millis:.1} ms"),
-        }),
-        Err(e) => serde_json::json!({
-            "name": "outbox_writable", "pass": false, "value": e.to_string(),
-        }),
-    };
-    let ready = result.is_ok();
+    let checks = [write_path_check(&admin).await, durability_check(&admin)];
+    let ready = checks
+        .iter()
+        .all(|check| check["pass"] == true || check["gates_readiness"] == false);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -141,8 +146,69 @@ async fn readyz(State(admin): State<Arc<AdminPort>>) -> Response {
     };
     json(
         status,
-        serde_json::json!({"ready": ready, "checks": [check]}),
+        serde_json::json!({"ready": ready, "checks": checks}),
     )
+}
+
+/// Whether writes commit: a heartbeat committed now (taking, without
+/// waiting, the lock writes take), and no batch of real writes failing in
+/// the last seconds with none committed since.
+async fn write_path_check(admin: &AdminPort) -> serde_json::Value {
+    let started = tokio::time::Instant::now();
+    let probe = heartbeat(&admin.pool, &admin.instance, admin.check_timeout).await;
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let (pass, value) = match (probe, admin.commit_health.failing(RECENT_WRITES)) {
+        (Err(e), _) => (false, e.to_string()),
+        (Ok(()), Some((ago, why))) => (
+            false,
+            format!(
+                "writes failed {:.1} s ago and none committed since: {why}",
+                ago.as_secs_f64()
+            ),
+        ),
+        (Ok(()), None) => (true, format!("committed in {millis:.1} ms")),
+    };
+    serde_json::json!({
+        "name": "outbox_writable",
+        "pass": pass,
+        "value": value,
+        "gates_readiness": admin.ready_requires_outbox,
+    })
+}
+
+/// Whether an acknowledged write survives a crash of the database.
+fn durability_check(admin: &AdminPort) -> serde_json::Value {
+    let (pass, value) = match admin.durability.last() {
+        None => (
+            false,
+            "not read yet: the database has not answered".to_owned(),
+        ),
+        Some(settings) => {
+            let problems = settings.problems();
+            if problems.is_empty() {
+                (true, settings.summary())
+            } else if admin.allow_non_durable {
+                (
+                    true,
+                    format!(
+                        "{}; allowed by database.allow_non_durable",
+                        problems.join("; ")
+                    ),
+                )
+            } else {
+                (
+                    false,
+                    format!("{}; writes are refused", problems.join("; ")),
+                )
+            }
+        }
+    };
+    serde_json::json!({
+        "name": "outbox_durable",
+        "pass": pass,
+        "value": value,
+        "gates_readiness": admin.ready_requires_outbox,
+    })
 }
 
 async fn metrics(State(admin): State<Arc<AdminPort>>) -> Response {

@@ -66,6 +66,11 @@ pub struct ServerConfig {
     /// Origins whose web pages may write and read through the data port;
     /// a request with any other `Origin` is refused 403.
     pub allowed_origins: Vec<String>,
+    /// Whether `/readyz` fails while the write path does. Off: a sidecar's
+    /// readiness is its pod's, and a database outage would take every pod
+    /// of the service out of rotation, reads that could be served stale
+    /// included.
+    pub ready_requires_outbox: bool,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             max_body_bytes_in_flight: 64 * 1024 * 1024,
             admin_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            ready_requires_outbox: false,
         }
     }
 }
@@ -109,6 +115,10 @@ pub struct DatabaseConfig {
     /// PEM file of CA certificates trusted for the database's certificate
     /// (with `sslmode=require`), besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Accept writes although the database's settings could lose a commit
+    /// in a crash (fsync, full_page_writes or synchronous_commit off): for
+    /// throwaway test databases only.
+    pub allow_non_durable: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -121,6 +131,7 @@ impl Default for DatabaseConfig {
             pool_size: 16,
             connect_timeout_ms: 2_000,
             ca_file: None,
+            allow_non_durable: false,
         }
     }
 }

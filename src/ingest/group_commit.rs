@@ -65,6 +65,43 @@ impl From<DbError> for CommitError {
     }
 }
 
+/// How the latest batches of real writes fared: `/readyz` reports the
+/// write path from them, not only from its own heartbeat.
+#[derive(Debug, Default)]
+pub struct CommitHealth {
+    latest: std::sync::Mutex<Latest>,
+}
+
+#[derive(Debug, Default)]
+struct Latest {
+    committed: Option<Instant>,
+    failed: Option<(Instant, String)>,
+}
+
+impl CommitHealth {
+    fn committed(&self) {
+        self.lock().committed = Some(Instant::now());
+    }
+
+    fn failed(&self, error: &CommitError) {
+        self.lock().failed = Some((Instant::now(), error.to_string()));
+    }
+
+    /// The latest failure within `within` with no commit since: how long
+    /// ago, and why.
+    pub fn failing(&self, within: Duration) -> Option<(Duration, String)> {
+        let latest = self.lock();
+        let (at, why) = latest.failed.as_ref()?;
+        let ago = at.elapsed();
+        let since = latest.committed.is_some_and(|ok| ok > *at);
+        (ago <= within && !since).then(|| (ago, why.clone()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Job {
     message: NewMessage,
     deadline: Instant,
@@ -79,6 +116,7 @@ pub struct GroupCommit {
     capacity: usize,
     commit_timeout: Duration,
     wait: Duration,
+    health: Arc<CommitHealth>,
 }
 
 impl GroupCommit {
@@ -92,7 +130,9 @@ impl GroupCommit {
         wakeups: Arc<Wakeups>,
     ) -> (Self, JoinSet<()>) {
         let (queue, receiver) = mpsc::channel(config.queue_capacity);
+        let health = Arc::new(CommitHealth::default());
         let shared = Arc::new(Committer {
+            health: Arc::clone(&health),
             receiver: Mutex::new(receiver),
             requeue: queue.downgrade(),
             pool,
@@ -113,8 +153,14 @@ impl GroupCommit {
             commit_timeout: config.commit_timeout(),
             // The committer answers by then; the slack covers a busy runtime.
             wait: config.commit_timeout() + config.outcome_lookup() + Duration::from_secs(1),
+            health,
         };
         (handle, tasks)
+    }
+
+    /// How the latest batches fared.
+    pub fn health(&self) -> Arc<CommitHealth> {
+        Arc::clone(&self.health)
     }
 
     /// Queues `message` and waits for its outcome: committed by the commit
@@ -161,6 +207,7 @@ struct Committer {
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
     wakeups: Arc<Wakeups>,
+    health: Arc<CommitHealth>,
 }
 
 impl Committer {
@@ -342,6 +389,10 @@ impl Committer {
     }
 
     fn note_health<T>(&self, result: &Result<T, CommitError>, writes: usize) {
+        match result {
+            Ok(_) => self.health.committed(),
+            Err(e) => self.health.failed(e),
+        }
         match result {
             Ok(_) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {

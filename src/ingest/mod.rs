@@ -14,12 +14,12 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 
-pub use group_commit::{CommitError, GroupCommit};
+pub use group_commit::{CommitError, CommitHealth, GroupCommit};
 pub use request::{check_header_limits, split_path};
 pub use routes::{HeaderAllowList, Route, RouteTable, route_table};
 
 use crate::config::Config;
-use crate::outbox::Stored;
+use crate::outbox::{Durability, Stored};
 use crate::problem::ApiError;
 use crate::telemetry::Metrics;
 
@@ -31,10 +31,17 @@ pub struct WritePath {
     budget: body::BodyBudget,
     retry_after_s: u64,
     metrics: Arc<Metrics>,
+    durability: Arc<Durability>,
+    allow_non_durable: bool,
 }
 
 impl WritePath {
-    pub fn new(commit: GroupCommit, config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        commit: GroupCommit,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        durability: Arc<Durability>,
+    ) -> Self {
         WritePath {
             commit,
             max_body_bytes: config.server.max_body_bytes,
@@ -45,6 +52,8 @@ impl WritePath {
             ),
             retry_after_s: config.ingest.retry_after_s,
             metrics,
+            durability,
+            allow_non_durable: config.database.allow_non_durable,
         }
     }
 
@@ -57,6 +66,8 @@ impl WritePath {
             Ok((_, true)) => "replayed",
             Err(ApiError::IdempotencyConflict { .. }) => "conflict",
             Err(ApiError::Unavailable { .. }) => "unavailable",
+            Err(ApiError::OutcomeUnknown { .. }) => "unknown",
+            Err(ApiError::NotDurable { .. }) => "not_durable",
             Err(ApiError::Overloaded { .. }) => "overloaded",
             Err(_) => "rejected",
         };
@@ -82,6 +93,19 @@ impl WritePath {
         rest: &str,
         body: Body,
     ) -> Result<(uuid::Uuid, bool), ApiError> {
+        if !self.allow_non_durable {
+            let problems = self.durability.problems();
+            if !problems.is_empty() {
+                return Err(ApiError::NotDurable {
+                    detail: format!(
+                        "the database could lose this write in a crash ({}); spool refuses \
+                         writes until that is fixed; the write is not stored",
+                        problems.join("; ")
+                    ),
+                    retry_after_s: self.retry_after_s,
+                });
+            }
+        }
         // Held until the write is answered: the body is in memory till then.
         let (body, _held) = body::read_body(
             &parts.headers,

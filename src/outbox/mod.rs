@@ -5,6 +5,7 @@ mod backlog;
 mod commit;
 mod dead_letters;
 mod due;
+mod durability;
 mod insert;
 mod migrate;
 mod outcomes;
@@ -20,6 +21,7 @@ pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };
 pub use due::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane};
+pub use durability::{Durability, DurabilitySettings, check_durability, watch_durability};
 pub use insert::{Inserted, MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};

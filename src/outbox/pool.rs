@@ -76,11 +76,17 @@ pub async fn with_connection<T>(
     }
 }
 
-/// A committed write of the heartbeat row: the outbox is writable.
+/// A committed write of the heartbeat row, in a transaction that first
+/// takes, without waiting, the lock every write takes on the outbox's
+/// tables: a session holding them locked (a migration, a stray `LOCK
+/// TABLE`) fails it at once rather than after the timeout.
 pub async fn heartbeat(pool: &Pool, owner: &str, timeout: Duration) -> Result<(), DbError> {
     with_connection(pool, timeout, async |client| {
-        let statement = client.prepare_cached(sql::HEARTBEAT).await?;
-        client.execute(&statement, &[&owner]).await.map(drop)
+        let transaction = client.transaction().await?;
+        transaction.batch_execute(sql::LOCK_FOR_WRITES).await?;
+        let statement = transaction.prepare_cached(sql::HEARTBEAT).await?;
+        transaction.execute(&statement, &[&owner]).await?;
+        transaction.commit().await
     })
     .await
 }

@@ -101,6 +101,11 @@ pub const TRANSACTION_STATUS: &str = concat!(
     ", (SELECT count(*) FROM spool_message WHERE id = ANY($2::uuid[]))"
 );
 
+/// The lock an insert of a write takes, refused at once if another session
+/// holds a conflicting one.
+pub const LOCK_FOR_WRITES: &str =
+    "LOCK TABLE spool_message, spool_delivery, spool_idempotency IN ROW EXCLUSIVE MODE NOWAIT";
+
 /// Proves the outbox is writable: a real write, committed.
 pub const HEARTBEAT: &str = "
 INSERT INTO spool_heartbeat (owner, beat_at) VALUES ($1, now())

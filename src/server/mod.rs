@@ -76,6 +76,18 @@ impl Spool {
         migrate_with_patience(&pool).await?;
 
         let metrics = Arc::new(Metrics::new());
+        // Read before the first write is taken, so that none is
+        // acknowledged on a database that could lose it.
+        let durability = Arc::new(outbox::Durability::default());
+        let allow_non_durable = config.database.allow_non_durable;
+        outbox::check_durability(
+            &pool,
+            &durability,
+            allow_non_durable,
+            &metrics.outbox_durable,
+            config.ingest.commit_timeout(),
+        )
+        .await;
         let instance = instance_name();
         let owner = format!("{instance}/{}", uuid::Uuid::now_v7());
         let dispatcher =
@@ -98,7 +110,12 @@ impl Spool {
         }
         let data = Arc::new(DataPort {
             routes: route_table(&config.routes),
-            writes: WritePath::new(commit, &config, Arc::clone(&metrics)),
+            writes: WritePath::new(
+                commit.clone(),
+                &config,
+                Arc::clone(&metrics),
+                Arc::clone(&durability),
+            ),
             reads,
             max_headers: config.server.max_headers,
             max_header_bytes: config.server.max_header_bytes,
@@ -127,7 +144,12 @@ impl Spool {
             hosts: config.server.admin_hosts.clone(),
             targets: admin_targets,
             wakeups: Arc::clone(&dispatcher.wakeups),
+            durability: Arc::clone(&durability),
+            allow_non_durable,
+            commit_health: commit.health(),
+            ready_requires_outbox: config.server.ready_requires_outbox,
         });
+        drop(commit);
 
         let data_listener = bind(config.server.listen, "server.listen").await?;
         let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
@@ -153,6 +175,14 @@ impl Spool {
                     .unwrap_or(0),
             ),
         };
+        tasks.spawn(outbox::watch_durability(
+            admin.pool.clone(),
+            durability,
+            allow_non_durable,
+            metrics.outbox_durable.clone(),
+            Duration::from_secs(60),
+            cancel.clone(),
+        ));
         tasks.spawn(crate::janitor::run(
             admin.pool.clone(),
             retention,

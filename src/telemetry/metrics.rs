@@ -37,6 +37,8 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     /// Reads answered, by route and result (fresh, stale, miss).
     pub reads: IntCounterVec,
+    /// 1 while the database's settings keep commits through a crash.
+    pub outbox_durable: IntGauge,
 }
 
 impl Metrics {
@@ -150,8 +152,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let outbox_durable = IntGauge::new(
+            "spool_outbox_durable",
+            "1 while the database keeps commits through a crash (fsync, full_page_writes, synchronous_commit), 0 while not.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_durable.clone()),
             Box::new(deliveries.clone()),
             Box::new(attempt_seconds.clone()),
             Box::new(delivery_lag_seconds.clone()),
@@ -186,6 +194,7 @@ impl Metrics {
             oldest_pending_seconds,
             dead_letters,
             reads,
+            outbox_durable,
         }
     }
 

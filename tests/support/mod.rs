@@ -46,6 +46,8 @@ max_body_bytes = 65536
 
 [database]
 url = "{}"
+# The test clusters run with fsync off, for speed.
+allow_non_durable = true
 
 [ingest]
 commit_timeout_ms = 1000
