@@ -347,8 +347,34 @@ fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn check_target_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
+/// `url` as it may be printed: a password in its user-info replaced by
+/// `***`, even when the rest does not parse.
+pub fn without_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match authority[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => authority[..at].to_owned(),
+    };
+    format!(
+        "{}{user}{}{}",
+        &url[..scheme_end],
+        &authority[at..],
+        &url[authority_end..]
+    )
+}
+
+fn check_target_url(raw: &str) -> Result<(), String> {
+    let url = without_password(raw);
+    let uri: http::Uri = raw
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match uri.scheme_str() {
@@ -361,12 +387,35 @@ fn check_target_url(url: &str) -> Result<(), String> {
     if uri.query().is_some() {
         return Err(format!("`{url}` must not have a query"));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Never sent (no Authorization is made of it), and HTTP clients
+        // log the authority: a password there would only leak.
+        return Err(format!(
+            "`{url}` must not carry user-info (user:password@): spool does not send it; \
+             list the target's credentials header in the route's forward_headers instead"
+        ));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::without_password;
     use crate::config::from_toml;
+
+    #[test]
+    fn passwords_are_left_out_of_printed_urls() {
+        for (url, shown) in [
+            ("http://u:pw@h:1/p?q", "http://u:***@h:1/p?q"),
+            ("http://u@h/", "http://u@h/"),
+            ("http://h/a@b", "http://h/a@b"),
+            ("https://u:p:w@h", "https://u:***@h"),
+            ("http://u:p@w@x/", "http://u:***@x/"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_password(url), shown, "{url}");
+        }
+    }
 
     const ROUTE: &str = r#"
 [[routes]]
