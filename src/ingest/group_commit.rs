@@ -23,7 +23,8 @@ use tokio::time::{Instant, timeout};
 use crate::config::IngestConfig;
 use crate::dispatch::Wakeups;
 use crate::outbox::{
-    BatchCommit, DbError, NewMessage, Stored, TransactionStatus, commit_batch, transaction_status,
+    BatchCommit, DbError, Incarnation, NewMessage, Stored, TransactionStatus, commit_batch,
+    transaction_status,
 };
 use crate::telemetry::Metrics;
 
@@ -139,6 +140,7 @@ impl GroupCommit {
             batch_max: config.batch_max,
             retention_s: config.idempotency_retention_s as f64,
             outcome_lookup: config.outcome_lookup(),
+            incarnation: Incarnation::default(),
             healthy: AtomicBool::new(true),
             metrics,
             wakeups,
@@ -203,6 +205,8 @@ struct Committer {
     retention_s: f64,
     /// How long past its deadline a batch in doubt is looked up.
     outcome_lookup: Duration,
+    /// Which run of the server the batches go to.
+    incarnation: Incarnation,
     /// Whether the last batch committed, so an outage is logged once.
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
@@ -300,12 +304,24 @@ impl Committer {
         messages: &[&NewMessage],
         deadline: Instant,
     ) -> Result<Vec<Stored>, CommitError> {
-        match commit_batch(&self.pool, messages, self.retention_s, deadline).await {
+        let committed = commit_batch(
+            &self.pool,
+            messages,
+            self.retention_s,
+            deadline,
+            &self.incarnation,
+        );
+        match committed.await {
             BatchCommit::Committed(stored) => Ok(stored),
             BatchCommit::NotCommitted(error) => Err(error.into()),
-            BatchCommit::InDoubt { inserted, error } => {
+            BatchCommit::InDoubt {
+                inserted,
+                incarnation,
+                error,
+            } => {
                 let lookup_until = Instant::now().max(deadline) + self.outcome_lookup;
-                let status = transaction_status(&self.pool, &inserted, lookup_until).await;
+                let status =
+                    transaction_status(&self.pool, &inserted, &incarnation, lookup_until).await;
                 tracing::warn!(
                     error = %error,
                     status = ?status,

@@ -8,6 +8,7 @@
 //! is asked on another connection what became of the transaction
 //! (`pg_xact_status`), which it can say for every recent one.
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
@@ -24,11 +25,37 @@ pub enum BatchCommit {
     /// Known not to be stored: the transaction never reached COMMIT, or
     /// Postgres answered the COMMIT with an error (it rolled back).
     NotCommitted(DbError),
-    /// COMMIT was sent and no answer came back.
+    /// COMMIT was sent and no answer came back. `incarnation` is the
+    /// server's, as known before the batch began.
     InDoubt {
         inserted: Inserted,
+        incarnation: String,
         error: DbError,
     },
+}
+
+/// The server's incarnation (`sql::SERVER_INCARNATION`) as last read. It
+/// changes only with a restart, which breaks every connection, so it is
+/// read once and again after a batch lost its connection. A reading taken
+/// before a batch began can only be older than the server the batch ran
+/// on: a stale one makes a lookup cautious, never wrong.
+#[derive(Debug, Default)]
+pub struct Incarnation {
+    known: RwLock<Option<String>>,
+}
+
+impl Incarnation {
+    fn get(&self) -> Option<String> {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, incarnation: String) {
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = Some(incarnation);
+    }
+
+    fn forget(&self) {
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// Inserts and commits `batch` on one connection of `pool`, all by
@@ -38,12 +65,50 @@ pub async fn commit_batch(
     batch: &[&NewMessage],
     idempotency_retention_s: f64,
     deadline: Instant,
+    incarnation: &Incarnation,
+) -> BatchCommit {
+    let outcome = commit_on_pool(pool, batch, idempotency_retention_s, deadline, incarnation).await;
+    let connection_lost = match &outcome {
+        BatchCommit::Committed(_) => false,
+        BatchCommit::NotCommitted(DbError::Postgres(e)) => e.as_db_error().is_none(),
+        BatchCommit::NotCommitted(_) | BatchCommit::InDoubt { .. } => true,
+    };
+    if connection_lost {
+        incarnation.forget();
+    }
+    outcome
+}
+
+async fn commit_on_pool(
+    pool: &Pool,
+    batch: &[&NewMessage],
+    idempotency_retention_s: f64,
+    deadline: Instant,
+    incarnation: &Incarnation,
 ) -> BatchCommit {
     let budget = deadline.saturating_duration_since(Instant::now());
     let client = match timeout_at(deadline, pool.get()).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return BatchCommit::NotCommitted(e.into()),
         Err(_) => return BatchCommit::NotCommitted(DbError::Timeout(budget)),
+    };
+    let known = match incarnation.get() {
+        Some(known) => known,
+        None => match timeout_at(deadline, client.query_one(sql::SERVER_INCARNATION, &[])).await {
+            Ok(Ok(row)) => {
+                let known: String = row.get(0);
+                incarnation.set(known.clone());
+                known
+            }
+            Ok(Err(e)) => {
+                discard(client);
+                return BatchCommit::NotCommitted(e.into());
+            }
+            Err(_) => {
+                discard(client);
+                return BatchCommit::NotCommitted(DbError::Timeout(budget));
+            }
+        },
     };
     let inserted = match timeout_at(
         deadline,
@@ -71,6 +136,7 @@ pub async fn commit_batch(
             discard(client);
             BatchCommit::InDoubt {
                 inserted,
+                incarnation: known,
                 error: e.into(),
             }
         }
@@ -78,6 +144,7 @@ pub async fn commit_batch(
             discard(client);
             BatchCommit::InDoubt {
                 inserted,
+                incarnation: known,
                 error: DbError::Timeout(budget),
             }
         }
@@ -118,9 +185,10 @@ const ONE_QUESTION: Duration = Duration::from_secs(1);
 pub async fn transaction_status(
     pool: &Pool,
     inserted: &Inserted,
+    incarnation: &str,
     deadline: Instant,
 ) -> TransactionStatus {
-    let Some((xact, incarnation)) = &inserted.xact else {
+    let Some(xact) = &inserted.xact else {
         return TransactionStatus::Unknown("its transaction id was not known".into());
     };
     let mut last = String::from("no time was left to ask");
@@ -148,7 +216,7 @@ pub async fn transaction_status(
                 continue;
             }
         };
-        let restarted = started != *incarnation || started.ends_with("unseen");
+        let restarted = started != incarnation || started.ends_with("unseen");
         let all_there = found == inserted.accepted.len() as i64;
         match status.as_deref() {
             Some("committed") if !restarted || all_there => return TransactionStatus::Committed,

@@ -53,9 +53,8 @@ pub struct Inserted {
     /// What became of each write, in the batch's order, once committed.
     pub stored: Vec<Stored>,
     /// The open transaction's id, to ask Postgres about it should the
-    /// answer to its COMMIT be lost, and the server's incarnation
-    /// (`sql::server_incarnation`), which says whether that id still names it.
-    pub xact: Option<(String, String)>,
+    /// answer to its COMMIT be lost.
+    pub xact: Option<String>,
     /// The ids of the messages stored (`Stored::Accepted`).
     pub accepted: Vec<Uuid>,
 }
@@ -124,9 +123,7 @@ pub async fn insert_batch(
     if let Err(e) = begun {
         tracing::warn!(error = %e, "BEGIN failed before a batch insert that succeeded");
     }
-    let xact = rows
-        .first()
-        .map(|row| (row.get::<_, String>(4), row.get::<_, String>(5)));
+    let xact = rows.first().map(|row| row.get::<_, String>(4));
     let mut outcomes: HashMap<Uuid, Stored> = HashMap::with_capacity(rows.len());
     for row in rows {
         let id: Uuid = row.get(0);

@@ -16,7 +16,7 @@ pub mod stored_headers;
 mod tls;
 
 pub use backlog::{TargetBacklog, backlog_by_target};
-pub use commit::{BatchCommit, TransactionStatus, commit_batch, transaction_status};
+pub use commit::{BatchCommit, Incarnation, TransactionStatus, commit_batch, transaction_status};
 pub use dead_letters::{
     DeadLetter, DeadLetterQuery, DeadLetterSelection, delete_dead, list_dead, replay_dead,
 };

@@ -16,18 +16,6 @@ pub const APPLIED_MIGRATIONS: &str = "SELECT version FROM spool_schema_migration
 pub const RECORD_MIGRATION: &str =
     "INSERT INTO spool_schema_migrations (version, name) VALUES ($1, $2)";
 
-/// Names the server's run since its last start or crash recovery: the
-/// postmaster's start, and the checkpointer's, which is started again by a
-/// crash recovery that keeps the postmaster. `unseen` where the role may
-/// not see the checkpointer: then every lookup counts as after a restart.
-macro_rules! server_incarnation {
-    () => {
-        "(pg_postmaster_start_time()::text || ' ' || coalesce(
-            (SELECT backend_start::text FROM pg_stat_activity
-             WHERE backend_type = 'checkpointer' LIMIT 1), 'unseen'))"
-    };
-}
-
 /// Stores one batch of writes in a single statement (one round trip).
 ///
 /// `input` is the batch, one array element per write. An Idempotency-Key is
@@ -36,8 +24,7 @@ macro_rules! server_incarnation {
 /// can answer a replay or a conflict. A key claimed by a transaction that
 /// committed after this statement's snapshot yields neither: the caller
 /// tries that write again in a later batch.
-pub const INSERT_BATCH: &str = concat!(
-    "
+pub const INSERT_BATCH: &str = "
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -78,15 +65,27 @@ SELECT i.id,
        a.id IS NOT NULL AS accepted,
        k.message_id AS holder_id,
        k.request_hash = i.request_hash AS same_request,
-       pg_current_xact_id()::text AS xact,
-       ",
-    server_incarnation!(),
-    " AS incarnation
+       pg_current_xact_id()::text AS xact
 FROM input i
 LEFT JOIN accepted a ON a.id = i.id
 LEFT JOIN spool_idempotency k
-       ON a.id IS NULL AND k.route = i.route AND k.key = i.idempotency_key"
-);
+       ON a.id IS NULL AND k.route = i.route AND k.key = i.idempotency_key";
+
+/// Names the server's run since its last start or crash recovery: the
+/// postmaster's start, and the checkpointer's, which is started again by a
+/// crash recovery that keeps the postmaster. `unseen` where the role may
+/// not see the checkpointer: then every lookup counts as after a restart.
+/// Reading pg_stat_activity costs about 0.4 ms, so this is read once and
+/// again only after a connection failed, never per batch.
+macro_rules! server_incarnation {
+    () => {
+        "SELECT pg_postmaster_start_time()::text || ' ' || coalesce(
+            (SELECT backend_start::text FROM pg_stat_activity
+             WHERE backend_type = 'checkpointer' LIMIT 1), 'unseen')"
+    };
+}
+
+pub const SERVER_INCARNATION: &str = server_incarnation!();
 
 /// What became of transaction $1 (a `pg_current_xact_id()` as text):
 /// committed, aborted, in progress, or NULL once it is too old to say.
@@ -96,9 +95,9 @@ LEFT JOIN spool_idempotency k
 /// crash a transaction id can be handed out again (one whose records never
 /// reached the disk), so "committed" then proves nothing by itself.
 pub const TRANSACTION_STATUS: &str = concat!(
-    "SELECT pg_xact_status($1::text::xid8), ",
+    "SELECT pg_xact_status($1::text::xid8), (",
     server_incarnation!(),
-    ", (SELECT count(*) FROM spool_message WHERE id = ANY($2::uuid[]))"
+    "), (SELECT count(*) FROM spool_message WHERE id = ANY($2::uuid[]))"
 );
 
 /// The lock an insert of a write takes, refused at once if another session
