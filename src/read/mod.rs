@@ -188,7 +188,7 @@ impl ReadPath {
             finish(Outcome::NotKept);
             return answer::fresh(head_parts, Body::new(body), false);
         }
-        let kept_headers = head_parts.headers.clone();
+        let kept_headers = owned_headers(&head_parts.headers);
         let upstream_age = kept_headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
@@ -345,4 +345,19 @@ fn upstream_request(
         headers.append(name, value.clone());
     }
     Ok(request)
+}
+
+/// A copy of `headers` that owns its values. hyper parses a header value as
+/// a slice of the connection's read buffer, so a kept answer holding the
+/// values as they came would keep that whole buffer (8 KiB and more) alive
+/// for as long as `max_stale_s`: four times `read_cache.max_bytes` was
+/// measured before this copy.
+fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut owned = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = http::HeaderValue::from_bytes(value.as_bytes()).expect("was a valid value");
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copy);
+    }
+    owned
 }

@@ -15,6 +15,12 @@ use tokio::sync::mpsc;
 use super::rules::vary_names;
 use crate::outbox::{sql, with_connection};
 
+/// What one cached URL costs besides its answers: moka's entry (its
+/// node, timers, hash and frequency slots), the key's and the variant
+/// list's allocations. Measured, not derived: 50,000 small answers cost
+/// about this much each beyond their counted bytes.
+const ENTRY_OVERHEAD: u64 = 320;
+
 /// Most variants (distinct Vary values) kept per URL.
 const MAX_VARIANTS: usize = 16;
 /// A kept answer is not copied to Postgres again within this time unless
@@ -40,12 +46,21 @@ impl KeptAnswer {
             + Duration::from_secs(self.upstream_age)
     }
 
+    /// The bytes this answer holds in memory, bookkeeping included, so that
+    /// `read_cache.max_bytes` bounds what the process holds, not only the
+    /// bodies: a header map's slots and each entry's allocations cost far
+    /// more than a small header's bytes.
     fn weight(&self) -> usize {
-        self.body.len()
+        const ANSWER: usize = std::mem::size_of::<KeptAnswer>() + 16;
+        const HEADER_MAP: usize = 192;
+        const HEADER: usize = 96;
+        ANSWER
+            + HEADER_MAP
+            + self.body.len()
             + self
                 .headers
                 .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .map(|(n, v)| n.as_str().len() + v.len() + HEADER)
                 .sum::<usize>()
     }
 }
@@ -112,12 +127,21 @@ impl KeptStore {
         let floor = (limits.max_bytes / limits.max_entries.max(1)).max(1);
         let memory = Cache::builder()
             .max_capacity(limits.max_bytes)
-            .weigher(move |_, variants: &Arc<Variants>| {
-                let bytes: u64 = variants
-                    .entries
-                    .iter()
-                    .map(|(_, a)| a.weight() as u64)
-                    .sum();
+            .weigher(move |key: &(Arc<str>, String), variants: &Arc<Variants>| {
+                let bytes: u64 = ENTRY_OVERHEAD
+                    + key.1.len() as u64
+                    + variants.names.iter().map(|n| n.len() as u64 + 24).sum::<u64>()
+                    + variants
+                        .entries
+                        .iter()
+                        .map(|(values, answer)| {
+                            answer.weight() as u64
+                                + values
+                                    .iter()
+                                    .map(|v| v.as_ref().map_or(24, |v| v.len() as u64 + 24))
+                                    .sum::<u64>()
+                        })
+                        .sum::<u64>();
                 u32::try_from(bytes.max(floor * variants.entries.len().max(1) as u64))
                     .unwrap_or(u32::MAX)
             })

@@ -21,9 +21,13 @@ pub struct TeeBody {
 
 impl TeeBody {
     pub fn new(inner: Incoming, limit: usize, on_done: OnDone) -> Self {
+        // A declared length is reserved at once, so the copy is one
+        // allocation of the body's size rather than doublings up to twice it.
+        let declared = inner.size_hint().exact().unwrap_or(0);
+        let reserve = usize::try_from(declared).unwrap_or(0).min(limit);
         TeeBody {
             inner,
-            copy: Some(BytesMut::new()),
+            copy: Some(BytesMut::with_capacity(reserve)),
             limit,
             on_done: Some(on_done),
         }
@@ -31,9 +35,19 @@ impl TeeBody {
 
     fn done(&mut self, complete: bool) {
         if let Some(on_done) = self.on_done.take() {
-            let copy = self.copy.take().filter(|_| complete).map(BytesMut::freeze);
+            let copy = self.copy.take().filter(|_| complete).map(exact_size);
             on_done(copy);
         }
+    }
+}
+
+/// The copy as it will be kept, for as long as `max_stale_s`: without the
+/// spare capacity that growing it left (up to as much again as its length).
+fn exact_size(copy: BytesMut) -> Bytes {
+    if copy.capacity() - copy.len() > copy.len() / 16 {
+        Bytes::copy_from_slice(&copy)
+    } else {
+        copy.freeze()
     }
 }
 

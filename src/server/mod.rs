@@ -183,6 +183,10 @@ impl Spool {
             Duration::from_secs(60),
             cancel.clone(),
         ));
+        tasks.spawn(crate::memory::give_back_freed_memory(
+            Duration::from_secs(5),
+            cancel.clone(),
+        ));
         tasks.spawn(crate::janitor::run(
             admin.pool.clone(),
             retention,
