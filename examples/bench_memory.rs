@@ -50,17 +50,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = common::with_durable_postgres("bench_memory", async |_, url| {
-        measure(&spool, url).await
-    })
-    .await;
+    let outcome =
+        common::with_durable_postgres("bench_memory", async |_, url| measure(&spool, url).await)
+            .await;
     common::finish("bench_memory", outcome, print)
 }
 
 fn print(r: &Report) {
     let mib = |b: u64| b as f64 / MIB;
-    println!("spool memory benchmark ({}), resident set of the spool process:", r.server);
-    println!("  idle                               {:8.1} MiB", mib(r.idle));
+    println!(
+        "spool memory benchmark ({}), resident set of the spool process:",
+        r.server
+    );
+    println!(
+        "  idle                               {:8.1} MiB",
+        mib(r.idle)
+    );
     println!(
         "  after {READ_URLS} distinct read URLs     {:8.1} MiB  (read_cache.max_bytes {:.0} MiB; {:.1} MiB above idle)",
         mib(r.after_reads),
@@ -74,7 +79,10 @@ fn print(r: &Report) {
         r.accepted,
         r.refused
     );
-    println!("  10 s after the writes stopped      {:8.1} MiB", mib(r.after_writes));
+    println!(
+        "  10 s after the writes stopped      {:8.1} MiB",
+        mib(r.after_writes)
+    );
 }
 
 async fn measure(spool_binary: &str, url: &str) -> Result<Report, BoxError> {
@@ -154,7 +162,14 @@ async fn run(
                 if n >= READ_URLS as u64 {
                     return;
                 }
-                let _ = send(&client, data, "GET", &format!("/reads/item/{n}"), Bytes::new()).await;
+                let _ = send(
+                    &client,
+                    data,
+                    "GET",
+                    &format!("/reads/item/{n}"),
+                    Bytes::new(),
+                )
+                .await;
             }
         });
     }

@@ -23,7 +23,9 @@ use super::ownership::ShardView;
 use super::recorder::ToRecord;
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::flow::{Blocked, FlowControl};
-use crate::outbox::{DueDelivery, ReadPosition, ShardSet, read_due, read_lane, with_connection};
+use crate::outbox::{
+    DueDelivery, ReadPosition, ShardSet, read_due, read_lane, with_connection_sized,
+};
 use crate::retry::RetryPolicy;
 use crate::telemetry::TargetMetrics;
 
@@ -351,20 +353,26 @@ impl Worker {
         };
         let after = self.cursor;
         self.reads.spawn(async move {
-            let rows = with_connection(&pool, DB_CALL_LIMIT, async |client| {
-                let set = ShardSet {
-                    route: &target.route,
-                    target: &target.name,
-                    shards,
-                    owned: &owned,
-                };
-                match &lane {
-                    Some(lane) => {
-                        read_lane(&*client, &set, &lane.key, lane.after_seq, limit as i64).await
+            let body_bytes = |rows: &Vec<DueDelivery>| rows.iter().map(|r| r.body.len()).sum();
+            let rows = with_connection_sized(
+                &pool,
+                DB_CALL_LIMIT,
+                async |client| {
+                    let set = ShardSet {
+                        route: &target.route,
+                        target: &target.name,
+                        shards,
+                        owned: &owned,
+                    };
+                    match &lane {
+                        Some(lane) => {
+                            read_lane(&*client, &set, &lane.key, lane.after_seq, limit as i64).await
+                        }
+                        None => read_due(&*client, &set, limit as i64, after).await,
                     }
-                    None => read_due(&*client, &set, limit as i64, after).await,
-                }
-            })
+                },
+                body_bytes,
+            )
             .await
             .map_err(|e| e.to_string());
             ReadDone {

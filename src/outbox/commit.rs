@@ -15,7 +15,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::insert::{Inserted, NewMessage, Stored, insert_batch};
-use super::pool::{DbError, with_connection};
+use super::pool::{DbError, LARGE_TRANSFER, with_connection};
 use super::sql;
 
 /// What became of a batch's transaction, as far as its COMMIT's answer says.
@@ -127,7 +127,13 @@ async fn commit_on_pool(
         }
     };
     match timeout_at(deadline, client.batch_execute("COMMIT")).await {
-        Ok(Ok(())) => BatchCommit::Committed(inserted.stored),
+        Ok(Ok(())) => {
+            let bytes: usize = batch.iter().map(|m| m.body.len()).sum();
+            if bytes > LARGE_TRANSFER {
+                discard(client);
+            }
+            BatchCommit::Committed(inserted.stored)
+        }
         Ok(Err(e)) if e.as_db_error().is_some() => {
             discard(client);
             BatchCommit::NotCommitted(e.into())

@@ -25,7 +25,9 @@ pub use durability::{Durability, DurabilitySettings, check_durability, watch_dur
 pub use insert::{Inserted, MESSAGE_FORMAT_VERSION, NewMessage, Stored, insert_batch};
 pub use migrate::{MigrateError, migrate};
 pub use outcomes::{Fate, Outcome, OutcomeBatch};
-pub use pool::{DbError, connect_pool, heartbeat, with_connection};
+pub use pool::{
+    DbError, LARGE_TRANSFER, connect_pool, heartbeat, with_connection, with_connection_sized,
+};
 pub use shards::{
     ShardLease, ensure_shards, forget_members, heartbeat_members, leave, release_shards,
     renew_shards, take_shards,

@@ -63,12 +63,37 @@ pub async fn with_connection<T>(
     limit: Duration,
     work: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
 ) -> Result<T, DbError> {
+    with_connection_sized(pool, limit, work, |_| 0).await
+}
+
+/// Past this many bytes through one connection at once, it is closed after
+/// use rather than pooled: tokio-postgres keeps its buffers at the largest
+/// size they reached, so a connection that carried a batch of 1 MiB bodies
+/// would hold hundreds of MiB for as long as it lives.
+pub const LARGE_TRANSFER: usize = 8 * 1024 * 1024;
+
+/// As `with_connection`; `bytes` says how much the work's result moved, and
+/// a connection past `LARGE_TRANSFER` is closed afterwards.
+pub async fn with_connection_sized<T>(
+    pool: &Pool,
+    limit: Duration,
+    work: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    bytes: impl Fn(&T) -> usize,
+) -> Result<T, DbError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut client = tokio::time::timeout_at(deadline, pool.get())
         .await
         .map_err(|_| DbError::Timeout(limit))??;
     match tokio::time::timeout_at(deadline, work(&mut client)).await {
-        Ok(done) => done.map_err(DbError::from),
+        Ok(done) => {
+            if done
+                .as_ref()
+                .is_ok_and(|result| bytes(result) > LARGE_TRANSFER)
+            {
+                drop(deadpool_postgres::Object::take(client));
+            }
+            done.map_err(DbError::from)
+        }
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
             Err(DbError::Timeout(limit))

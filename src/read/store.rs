@@ -130,7 +130,11 @@ impl KeptStore {
             .weigher(move |key: &(Arc<str>, String), variants: &Arc<Variants>| {
                 let bytes: u64 = ENTRY_OVERHEAD
                     + key.1.len() as u64
-                    + variants.names.iter().map(|n| n.len() as u64 + 24).sum::<u64>()
+                    + variants
+                        .names
+                        .iter()
+                        .map(|n| n.len() as u64 + 24)
+                        .sum::<u64>()
                     + variants
                         .entries
                         .iter()
