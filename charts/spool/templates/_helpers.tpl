@@ -134,6 +134,9 @@ and sets holder.v; a number with a fraction stays a float.
 {{- /* spool.toml: .values.config plus the keys the chart owns. */ -}}
 {{- define "spool.configToml" -}}
 {{- $v := .values -}}
+{{- if eq (int $v.ports.data) (int $v.ports.admin) -}}
+{{- fail "spool: ports.data and ports.admin must differ" -}}
+{{- end -}}
 {{- $cfg := deepCopy ($v.config | default dict) -}}
 {{- $server := deepCopy (get $cfg "server" | default dict) -}}
 {{- $_ := set $server "listen" (include "spool.hostPort" (list $v.listen.dataAddress $v.ports.data)) -}}
