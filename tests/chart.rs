@@ -2,7 +2,11 @@
 //! the pinned helm that scripts/check-chart caches, take the container's
 //! command, args and env and the rendered spool.toml, start the spool
 //! binary with exactly those against a throwaway Postgres, and check that
-//! every probe the chart declares answers 200 on the port it names.
+//! every probe the chart declares answers 200 on the port it names. The
+//! running spool's /metrics must hold every metric and label the chart's
+//! alerts and dashboard query (chart/monitoring.rs), and the schema's
+//! `config` must know exactly spool's configuration keys
+//! (chart/config_keys.rs).
 //!
 //! The tools come from scripts/check-chart, which scripts/test runs first:
 //! `$SPOOL_TOOLS_DIR/bin/helm3`, `helm4` and `chart-python` (default
@@ -17,156 +21,29 @@
 
 mod support;
 
+#[path = "chart/config_keys.rs"]
+mod config_keys;
+#[path = "chart/monitoring.rs"]
+mod monitoring;
+#[path = "chart/pod.rs"]
+mod pod;
+#[path = "chart/render.rs"]
+mod render;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pod::{Rendered, dockerfile_env, dockerfile_user, take_spool};
+use render::{render, str_of, values};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::TestPg;
 use support::process::free_port;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/spool");
-
-fn tools_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SPOOL_TOOLS_DIR") {
-        return dir.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("spool-tools")
-}
-
-fn tool(name: &str) -> PathBuf {
-    let path = tools_dir().join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/check-chart first (scripts/test does), which fetches the pinned helm and kubernetes-validate",
-        path.display()
-    );
-    path
-}
-
-/// `helm template` of the chart with `args`, as a list of objects.
-fn render(helm: &str, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(tool(helm))
-        .args(["template", "spool-test", CHART, "--namespace", "spool-test"])
-        .args(args)
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "{helm} template {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut python = Command::new(tool("chart-python"))
-        .args([
-            "-c",
-            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run chart-python");
-    python.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-    let json = python.wait_with_output().unwrap();
-    assert!(json.status.success(), "YAML to JSON failed");
-    serde_json::from_slice(&json.stdout).expect("JSON from chart-python")
-}
-
-fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("{what} is not a string: {v}"))
-}
-
-/// What the test takes from one rendering.
-struct Rendered {
-    container: Value,
-    native: bool,
-    volumes: BTreeMap<String, Value>,
-    config_toml: String,
-    checksum: String,
-}
-
-/// The demo Deployment's pod, its spool container and the ConfigMap its
-/// `spool-config` volume names.
-fn take_spool(objects: &[Value], container_name: &str) -> Rendered {
-    let pods: Vec<&Value> = objects
-        .iter()
-        .filter(|o| o["kind"] == "Deployment")
-        .map(|o| &o["spec"]["template"])
-        .collect();
-    let (pod, container, native) = pods
-        .iter()
-        .find_map(|pod| {
-            let spec = &pod["spec"];
-            let find = |list: &str| {
-                spec[list]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["name"] == container_name)
-                    .cloned()
-            };
-            find("initContainers")
-                .map(|c| (*pod, c, true))
-                .or_else(|| find("containers").map(|c| (*pod, c, false)))
-        })
-        .expect("a Deployment with the spool container");
-    assert_eq!(
-        pod["spec"]["enableServiceLinks"], false,
-        "the chart's pods set enableServiceLinks: false"
-    );
-    if native {
-        assert_eq!(container["restartPolicy"], "Always", "a native sidecar");
-    } else {
-        assert!(container.get("restartPolicy").is_none());
-    }
-    let volumes: BTreeMap<String, Value> = pod["spec"]["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .map(|v| (str_of(&v["name"], "volume name").to_owned(), v.clone()))
-        .collect();
-    let config_map = str_of(
-        &volumes["spool-config"]["configMap"]["name"],
-        "spool-config's ConfigMap",
-    );
-    let config_toml = objects
-        .iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == config_map)
-        .map(|o| str_of(&o["data"]["spool.toml"], "spool.toml").to_owned())
-        .unwrap_or_else(|| panic!("no ConfigMap {config_map}"));
-    let checksum = str_of(
-        &pod["metadata"]["annotations"]["checksum/spool-config"],
-        "the checksum annotation",
-    )
-    .to_owned();
-    Rendered {
-        container,
-        native,
-        volumes,
-        config_toml,
-        checksum,
-    }
-}
-
-/// The image's `USER uid:gid`, from the Dockerfile.
-fn dockerfile_user() -> (i64, i64) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    let user = text
-        .lines()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("USER in the Dockerfile");
-    let (uid, gid) = user.trim().split_once(':').expect("USER uid:gid");
-    (uid.parse().unwrap(), gid.parse().unwrap())
-}
-
 /// Runs the rendered container and checks its probes; `label` names the case.
-async fn run_rendered(label: &str, rendered: Rendered) {
+async fn run_rendered(label: &str, rendered: Rendered, queries: &[(String, String)]) {
     let c = &rendered.container;
     let pg = TestPg::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -251,7 +128,12 @@ async fn run_rendered(label: &str, rendered: Rendered) {
     // Exactly the container's environment (nothing inherited from this
     // process), with mounted paths rewritten; the two secret files get the
     // test database's URL and a token.
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = dockerfile_env();
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "SPOOL_DATABASE__EMBEDDED" && v == "false"),
+        "{label}: the image turns the embedded Postgres off"
+    );
     for e in c["env"].as_array().expect("env") {
         let name = str_of(&e["name"], "env name").to_owned();
         let value = rewrite(str_of(
@@ -283,6 +165,20 @@ async fn run_rendered(label: &str, rendered: Rendered) {
         .map(|(_, target)| target.join("spool.toml"))
         .expect("the config file is under a mount");
     let mut config: toml::Table = rendered.config_toml.parse().expect("spool.toml is TOML");
+    // A file the configuration names must be on a volume the container
+    // mounts, or spool could not read it in the pod.
+    if let Some(ca) = config
+        .get_mut("database")
+        .and_then(|d| d.get_mut("ca_file"))
+    {
+        let path = ca.as_str().unwrap().to_owned();
+        let moved = rewrite(&path);
+        assert_ne!(
+            moved, path,
+            "{label}: database.ca_file {path} is under no volumeMount"
+        );
+        *ca = moved.into();
+    }
     let server = config["server"].as_table_mut().expect("[server]");
     let port_of = |key: &str, server: &toml::Table| -> u16 {
         let addr: std::net::SocketAddr = server[key].as_str().unwrap().parse().unwrap();
@@ -416,6 +312,26 @@ async fn run_rendered(label: &str, rendered: Rendered) {
     );
     assert_eq!(pg.scalar("SELECT count(*) FROM spool_message").await, 1);
 
+    // The chart's alerts and dashboard query only what this spool exports,
+    // once it has taken a write and answered a read (the demo sink is not
+    // there: a miss). A series appears at its first use, so this is after.
+    let read = client
+        .send(http::Method::GET, "/demo/orders", &[], bytes::Bytes::new())
+        .await;
+    assert!(
+        read.status.is_server_error(),
+        "{label}: a read of the absent sink: {}",
+        read.status
+    );
+    let metrics = client.admin_get("/metrics").await;
+    assert_eq!(metrics.status, 200, "{label}: /metrics");
+    let problems = monitoring::unbacked(queries, &String::from_utf8_lossy(&metrics.body));
+    assert!(
+        problems.is_empty(),
+        "{label}: the chart's alerts and dashboard query what spool does not export:\n{}",
+        problems.join("\n")
+    );
+
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -444,10 +360,6 @@ fn rendered_arg_has(container: &Value, mount: &str) -> bool {
         .any(|a| a.starts_with(mount))
 }
 
-fn values(file: &str) -> String {
-    Path::new(CHART).join("ci").join(file).display().to_string()
-}
-
 /// One case: a helm, values files and extra flags.
 async fn case(helm: &str, file: &str, extra: &[&str], native: bool) {
     let values = values(file);
@@ -456,7 +368,22 @@ async fn case(helm: &str, file: &str, extra: &[&str], native: bool) {
     let objects = render(helm, &args);
     let rendered = take_spool(&objects, "spool");
     assert_eq!(rendered.native, native, "{helm} {file}: nativeSidecar");
-    run_rendered(&format!("{helm} {file}"), rendered).await;
+    if file == "full-config-values.yaml" {
+        // It sets every key the schema allows, or it would not show that
+        // spool takes each of them.
+        let config: toml::Table = rendered.config_toml.parse().expect("spool.toml is TOML");
+        let set = config_keys::toml_paths(&config);
+        let unset: Vec<String> = config_keys::schema_paths(&render::schema())
+            .difference(&set)
+            .cloned()
+            .collect();
+        assert!(
+            unset.is_empty(),
+            "{helm}: ci/{file} leaves keys the schema allows unset: {unset:?}"
+        );
+    }
+    let queries = monitoring::queries(helm);
+    run_rendered(&format!("{helm} {file}"), rendered, &queries).await;
 }
 
 #[tokio::test]
