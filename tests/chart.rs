@@ -332,6 +332,30 @@ async fn run_rendered(label: &str, rendered: Rendered, queries: &[(String, Strin
         problems.join("\n")
     );
 
+    // The runbook's `spool ctl`, as `kubectl exec` runs it: the container's
+    // environment (its token file) and the rendered config file.
+    let ctl = Command::new(support::process::spool_binary())
+        .arg("--config")
+        .arg(&config_path)
+        .args(["ctl", "routes"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&workdir)
+        .output()
+        .expect("run spool ctl");
+    assert!(
+        ctl.status.success(),
+        "{label}: spool ctl routes in the container's environment: {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&ctl.stdout).expect("spool ctl prints JSON");
+    assert!(
+        answer["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["route"] == "demo")),
+        "{label}: spool ctl routes: {answer}"
+    );
+
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
