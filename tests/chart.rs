@@ -147,6 +147,9 @@ async fn run_rendered(label: &str, rendered: Rendered, queries: &[(String, Strin
         }
         env.push((name, value));
     }
+    // Not the pod's: the test clusters run with fsync off, for speed, and
+    // spool refuses writes on such a database unless told it is throwaway.
+    env.push(("SPOOL_DATABASE__ALLOW_NON_DURABLE".into(), "true".into()));
     for file in &secret_files {
         assert!(
             file.exists(),
