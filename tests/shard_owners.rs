@@ -146,6 +146,40 @@ async fn three_spools_share_the_shards_send_once_and_keep_each_keys_order() {
         .iter()
         .map(|s| TestClient::new(s.data_addr, s.admin_addr))
         .collect();
+    // Each spool's admin API shows the same owners, and its own share.
+    let mut held = Vec::new();
+    for client in &clients {
+        let routes = client.admin_get("/admin/routes").await.json();
+        let shards = &routes["routes"][0]["targets"][0]["shards"];
+        assert_eq!(shards["count"], 16, "{shards}");
+        assert_eq!(shards["unowned"], 0, "{shards}");
+        let each = shards["each"].as_array().unwrap();
+        let mine = each.iter().filter(|s| s["mine"] == true).count();
+        assert_eq!(shards["held_here"], mine);
+        assert!(
+            each.iter()
+                .all(|s| s["owner"].is_string() && s["epoch"].as_i64() > Some(0))
+        );
+        held.push(mine);
+    }
+    held.sort();
+    assert_eq!(held, vec![5, 5, 6]);
+    // And its metrics, once the backlog reader has run.
+    for client in &clients {
+        assert_eventually!(
+            {
+                let metrics = client.admin_get("/metrics").await;
+                let text = String::from_utf8_lossy(&metrics.body).into_owned();
+                text.contains("spool_shards_unowned{route=\"orders\",target=\"t\"} 0")
+                    && (5..=6).any(|n| {
+                        text.contains(&format!(
+                            "spool_shards_held{{route=\"orders\",target=\"t\"}} {n}"
+                        ))
+                    })
+            },
+            Duration::from_secs(20)
+        );
+    }
     // Each spool takes writes for every key: its owner may be another.
     let mut writers = tokio::task::JoinSet::new();
     for (n, client) in clients.into_iter().enumerate() {

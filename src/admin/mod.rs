@@ -31,6 +31,8 @@ pub struct AdminPort {
     pub metrics: Arc<Metrics>,
     /// Identifies this spool's heartbeat row.
     pub instance: String,
+    /// This spool as a shard owner (`spool_shard.owner`).
+    pub owner: String,
     pub check_timeout: Duration,
     /// Required on `/admin` calls when set.
     pub token: Option<String>,

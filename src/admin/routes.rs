@@ -11,15 +11,24 @@ use serde_json::json;
 
 use super::{AdminPort, AdminTarget, json_body, ok};
 use crate::flow;
-use crate::outbox::{TargetBacklog, backlog_by_target};
+use crate::outbox::{ShardOwner, TargetBacklog, backlog_by_target, shard_owners};
 use crate::problem::ApiError;
 
 /// Every route and target, in configuration order. The backlog comes from
 /// the outbox (null when it cannot be read: the rest still shows).
 pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
-    let backlog = admin
-        .on_outbox(async |client| backlog_by_target(client).await)
+    let outbox = admin
+        .on_outbox(async |client| {
+            Ok((
+                backlog_by_target(client).await?,
+                shard_owners(client).await?,
+            ))
+        })
         .await;
+    let (backlog, shards) = match outbox {
+        Ok((backlog, shards)) => (Ok(backlog), Some(shards)),
+        Err(e) => (Err(e), None),
+    };
     let mut routes: Vec<serde_json::Value> = Vec::new();
     for target in &admin.targets {
         let row = backlog
@@ -38,6 +47,10 @@ pub async fn list(State(admin): State<Arc<AdminPort>>) -> Response {
         shown["backlog"] = waiting;
         shown["oldest_pending_age_s"] = oldest;
         shown["dead_letters"] = dead;
+        shown["shards"] = match &shards {
+            Some(shards) => shards_of(shards, target, &admin.owner),
+            None => json!(null),
+        };
         match routes.last_mut() {
             Some(route) if route["route"] == target.route => {
                 route["targets"].as_array_mut().expect("array").push(shown)
@@ -126,6 +139,35 @@ fn set_paused(
 }
 
 /// A target's live state: what this spool is doing with it.
+/// A target's shards: each one's owner (null when none is live), epoch,
+/// lease left and whether this spool holds it, and how many have no owner.
+fn shards_of(shards: &[ShardOwner], target: &AdminTarget, me: &str) -> serde_json::Value {
+    let mine: Vec<&ShardOwner> = shards
+        .iter()
+        .filter(|s| s.route == target.route && s.target == target.target)
+        .collect();
+    let unowned = mine.iter().filter(|s| s.live_owner().is_none()).count();
+    let held_here = mine.iter().filter(|s| s.live_owner() == Some(me)).count();
+    let each: Vec<serde_json::Value> = mine
+        .iter()
+        .map(|s| {
+            json!({
+                "shard": s.shard,
+                "owner": s.live_owner(),
+                "epoch": s.epoch,
+                "lease_left_s": (s.lease_left_s.max(0.0) * 10.0).round() / 10.0,
+                "mine": s.live_owner() == Some(me),
+            })
+        })
+        .collect();
+    json!({
+        "count": mine.len(),
+        "unowned": unowned,
+        "held_here": held_here,
+        "each": each,
+    })
+}
+
 fn describe(target: &AdminTarget) -> serde_json::Value {
     let flow = target.handle.flow.settings();
     json!({

@@ -196,6 +196,7 @@ impl Dispatcher {
         background.spawn(backlog::run(
             pool.clone(),
             gauged,
+            Arc::clone(&owner),
             Duration::from_millis(dispatch.backlog_interval_ms),
             cancel.clone(),
         ));

@@ -29,7 +29,7 @@ pub use pool::{
     DbError, LARGE_TRANSFER, connect_pool, heartbeat, with_connection, with_connection_sized,
 };
 pub use shards::{
-    ShardLease, ensure_shards, forget_members, heartbeat_members, leave, release_shards,
-    renew_shards, take_shards,
+    ShardLease, ShardOwner, ensure_shards, forget_members, heartbeat_members, leave,
+    release_shards, renew_shards, shard_owners, take_shards,
 };
 pub use tls::{DbAddress, DbAddressError};

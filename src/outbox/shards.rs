@@ -144,3 +144,41 @@ pub async fn release_shards(
 pub async fn leave(client: &impl GenericClient, owner: &str) -> Result<u64, tokio_postgres::Error> {
     client.execute(sql::LEAVE, &[&owner]).await
 }
+
+/// Who dispatches one shard, as the lease table says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardOwner {
+    pub route: String,
+    pub target: String,
+    pub shard: i32,
+    /// None, or an owner whose lease ran out (`lease_left_s` <= 0), means
+    /// nobody sends that shard's deliveries until a spool takes it.
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub lease_left_s: f64,
+}
+
+impl ShardOwner {
+    /// The owner whose lease is still running.
+    pub fn live_owner(&self) -> Option<&str> {
+        self.owner.as_deref().filter(|_| self.lease_left_s > 0.0)
+    }
+}
+
+/// Every shard of every target, ordered by route, target and shard.
+pub async fn shard_owners(
+    client: &impl GenericClient,
+) -> Result<Vec<ShardOwner>, tokio_postgres::Error> {
+    let rows = client.query(sql::SHARD_OWNERS, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| ShardOwner {
+            route: row.get(0),
+            target: row.get(1),
+            shard: row.get(2),
+            owner: row.get(3),
+            epoch: row.get(4),
+            lease_left_s: row.get(5),
+        })
+        .collect())
+}

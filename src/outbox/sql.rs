@@ -374,6 +374,14 @@ SELECT route, target,
 FROM spool_delivery
 GROUP BY route, target";
 
+/// Every shard's owner, epoch and lease left (negative: expired), by
+/// route, target and shard.
+pub const SHARD_OWNERS: &str = "
+SELECT route, target, shard, owner, epoch,
+       EXTRACT(EPOCH FROM lease_until - now())::float8 AS lease_left_s
+FROM spool_shard
+ORDER BY route, target, shard";
+
 /// Every kept variant of one URL of a route, oldest first.
 pub const LOAD_READ_CACHE: &str = "
 SELECT variant, status, headers::text, body, stored_at, upstream_age

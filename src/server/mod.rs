@@ -139,6 +139,7 @@ impl Spool {
             pool,
             metrics: Arc::clone(&metrics),
             instance,
+            owner: owner.clone(),
             check_timeout: config.ingest.commit_timeout(),
             token: config.server.admin_token.clone(),
             hosts: config.server.admin_hosts.clone(),

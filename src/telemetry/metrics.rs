@@ -39,6 +39,10 @@ pub struct Metrics {
     pub reads: IntCounterVec,
     /// 1 while the database's settings keep commits through a crash.
     pub outbox_durable: IntGauge,
+    /// Shards of a target with no live owner, as the lease table says.
+    pub shards_unowned: IntGaugeVec,
+    /// Shards of a target this spool holds.
+    pub shards_held: IntGaugeVec,
 }
 
 impl Metrics {
@@ -157,8 +161,26 @@ impl Metrics {
             "1 while the database keeps commits through a crash (fsync, full_page_writes, synchronous_commit), 0 while not.",
         )
         .expect("valid metric");
+        let shards_unowned = IntGaugeVec::new(
+            Opts::new(
+                "spool_shards_unowned",
+                "Shards of a target with no live owner: nobody sends their deliveries (the same on every spool of a database).",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
+        let shards_held = IntGaugeVec::new(
+            Opts::new(
+                "spool_shards_held",
+                "Shards of a target this spool dispatches.",
+            ),
+            &["route", "target"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shards_unowned.clone()),
+            Box::new(shards_held.clone()),
             Box::new(outbox_durable.clone()),
             Box::new(deliveries.clone()),
             Box::new(attempt_seconds.clone()),
@@ -195,6 +217,8 @@ impl Metrics {
             dead_letters,
             reads,
             outbox_durable,
+            shards_unowned,
+            shards_held,
         }
     }
 
@@ -227,6 +251,8 @@ pub struct TargetMetrics {
     pub backlog: IntGauge,
     pub oldest_pending_seconds: Gauge,
     pub dead_letters: IntGauge,
+    pub shards_unowned: IntGauge,
+    pub shards_held: IntGauge,
 }
 
 impl Metrics {
@@ -243,6 +269,8 @@ impl Metrics {
             backlog: self.backlog.with_label_values(&labels),
             oldest_pending_seconds: self.oldest_pending_seconds.with_label_values(&labels),
             dead_letters: self.dead_letters.with_label_values(&labels),
+            shards_unowned: self.shards_unowned.with_label_values(&labels),
+            shards_held: self.shards_held.with_label_values(&labels),
         }
     }
 }
