@@ -58,11 +58,24 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            // Checking a file that is not there checks nothing: say so.
+            if !cli.config.exists() {
+                eprintln!(
+                    "spool: no configuration file {} (name one with --config); \
+                     the defaults and SPOOL_* variables alone give no routes",
+                    cli.config.display()
+                );
+                return ExitCode::from(2);
+            }
+            let routes = config.routes.len();
             println!(
-                "{}: configuration is valid ({} routes)",
+                "{}: configuration is valid ({routes} route{})",
                 cli.config.display(),
-                config.routes.len()
+                if routes == 1 { "" } else { "s" }
             );
+            if routes == 0 {
+                println!("note: no routes are configured, so spool accepts no writes or reads");
+            }
             ExitCode::SUCCESS
         }
         Command::Run => run(config),

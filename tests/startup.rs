@@ -213,3 +213,39 @@ fn missing_postgres_binaries_name_the_package() {
     assert_ne!(code, 0);
     assert!(out.contains("apt-get install postgresql"), "{out}");
 }
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"x\"\nbogus = 1\n[ingest]\nbatch_max = \"many\"\n[loggg]\nlevel = \"info\"\n[[routes]]\nname = \"r\"\n",
+    )
+    .unwrap();
+    let (code, out) = run_spool(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(code, 2, "{out}");
+    for key in [
+        "`server.listen`",
+        "`server.bogus`",
+        "`ingest.batch_max`",
+        "`loggg`",
+        "`routes[0]`: missing field `targets`",
+    ] {
+        assert!(out.contains(key), "{key} not reported:\n{out}");
+    }
+}
+
+#[test]
+fn check_config_without_a_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(spool_binary())
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("SPOOL_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("no configuration file spool.toml"), "{text}");
+}

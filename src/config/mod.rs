@@ -82,27 +82,105 @@ fn parse(
                 message: e.to_string().trim_end().to_owned(),
             })?;
     let overrides = env::apply_overrides(&mut table, vars)?;
-    let mut config: Config =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let message = e.inner().message().to_owned();
-            let key = key_of(&e.path().to_string(), &message);
-            let origin = overrides
-                .applied
-                .iter()
-                // The variable set this key, or lies under it (a misspelt
-                // section is reported at the section).
-                .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&format!("{key}.")))
-                .map(|(_, var)| format!(" (from {var})"))
-                .unwrap_or_default();
-            ConfigError::Key {
-                key,
-                origin,
-                message,
-            }
-        })?;
+    let mut config = deserialize_all(table, &overrides.applied)?;
     validate::validate(&config)?;
     config.ignored_vars = overrides.ignored;
     Ok(config)
+}
+
+/// Most shape errors reported at once.
+const MAX_REPORTED: usize = 50;
+
+/// Deserializes the config, reporting every unknown key and badly typed
+/// value at once rather than the first: each is recorded, taken out of the
+/// table, and the rest tried again. A missing field takes out its whole
+/// top-level entry (all of `routes`: taking one route out would renumber
+/// the others), so the other sections are still checked.
+fn deserialize_all(
+    mut table: toml::Table,
+    applied: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let mut errors = Vec::new();
+    loop {
+        let attempt: Result<Config, _> =
+            serde_path_to_error::deserialize(toml::Value::Table(table.clone()));
+        let e = match attempt {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let message = e.inner().message().to_owned();
+        let key = key_of(&e.path().to_string(), &message);
+        let origin = applied
+            .iter()
+            // The variable set this key, or lies under it (a misspelt
+            // section is reported at the section).
+            .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&format!("{key}.")))
+            .map(|(_, var)| format!(" (from {var})"))
+            .unwrap_or_default();
+        let missing = message.starts_with("missing field");
+        errors.push(ConfigError::Key {
+            key: key.clone(),
+            origin,
+            message,
+        });
+        let removed = if missing {
+            let top = key.split(['.', '[']).next().unwrap_or_default();
+            table.remove(top).is_some()
+        } else {
+            remove_key(&mut table, &key)
+        };
+        if !removed || errors.len() >= MAX_REPORTED {
+            break;
+        }
+    }
+    match errors.len() {
+        1 => Err(errors.pop().expect("one")),
+        _ => Err(ConfigError::Invalid(errors)),
+    }
+}
+
+/// Takes `key` (`server.listen`, `routes[0].targets[1].url`) out of `table`;
+/// false when it is not there.
+fn remove_key(table: &mut toml::Table, key: &str) -> bool {
+    let mut parts: Vec<(&str, Option<usize>)> = Vec::new();
+    for part in key.split('.') {
+        match part.split_once('[') {
+            Some((name, index)) => {
+                let Ok(index) = index.trim_end_matches(']').parse() else {
+                    return false;
+                };
+                parts.push((name, Some(index)));
+            }
+            None => parts.push((part, None)),
+        }
+    }
+    let Some(((last, last_index), path)) = parts.split_last() else {
+        return false;
+    };
+    if last_index.is_some() {
+        return false;
+    }
+    let mut current = table;
+    for (name, index) in path {
+        let value = match current.get_mut(*name) {
+            Some(value) => value,
+            None => return false,
+        };
+        let value = match (index, value) {
+            (Some(i), toml::Value::Array(items)) => match items.get_mut(*i) {
+                Some(item) => item,
+                None => return false,
+            },
+            (None, value) => value,
+            _ => return false,
+        };
+        current = match value {
+            toml::Value::Table(t) => t,
+            _ => return false,
+        };
+    }
+    current.remove(*last).is_some()
 }
 
 /// The dotted key an error is about: the path serde reports, which for an
