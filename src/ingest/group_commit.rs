@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -79,23 +78,44 @@ struct Latest {
     failed: Option<(Instant, String)>,
 }
 
+impl Latest {
+    fn is_failing(&self) -> bool {
+        match (&self.failed, self.committed) {
+            (Some((failed, _)), Some(committed)) => *failed > committed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
 impl CommitHealth {
-    fn committed(&self) {
-        self.lock().committed = Some(Instant::now());
+    /// Records a commit; says whether the latest batch before it failed.
+    fn committed(&self) -> bool {
+        let mut latest = self.lock();
+        let was_failing = latest.is_failing();
+        latest.committed = Some(Instant::now());
+        was_failing
     }
 
-    fn failed(&self, error: &CommitError) {
-        self.lock().failed = Some((Instant::now(), error.to_string()));
+    /// Records a failure; says whether the latest batch before it committed
+    /// (or there was none).
+    fn failed(&self, error: &CommitError) -> bool {
+        let mut latest = self.lock();
+        let was_failing = latest.is_failing();
+        latest.failed = Some((Instant::now(), error.to_string()));
+        !was_failing
     }
 
     /// The latest failure within `within` with no commit since: how long
     /// ago, and why.
     pub fn failing(&self, within: Duration) -> Option<(Duration, String)> {
         let latest = self.lock();
+        if !latest.is_failing() {
+            return None;
+        }
         let (at, why) = latest.failed.as_ref()?;
         let ago = at.elapsed();
-        let since = latest.committed.is_some_and(|ok| ok > *at);
-        (ago <= within && !since).then(|| (ago, why.clone()))
+        (ago <= within).then(|| (ago, why.clone()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {
@@ -141,7 +161,6 @@ impl GroupCommit {
             retention_s: config.idempotency_retention_s as f64,
             outcome_lookup: config.outcome_lookup(),
             incarnation: Incarnation::default(),
-            healthy: AtomicBool::new(true),
             metrics,
             wakeups,
         });
@@ -207,10 +226,9 @@ struct Committer {
     outcome_lookup: Duration,
     /// Which run of the server the batches go to.
     incarnation: Incarnation,
-    /// Whether the last batch committed, so an outage is logged once.
-    healthy: AtomicBool,
     metrics: Arc<Metrics>,
     wakeups: Arc<Wakeups>,
+    /// How the latest batches fared; its transitions are logged once.
     health: Arc<CommitHealth>,
 }
 
@@ -406,17 +424,13 @@ impl Committer {
 
     fn note_health<T>(&self, result: &Result<T, CommitError>, writes: usize) {
         match result {
-            Ok(_) => self.health.committed(),
-            Err(e) => self.health.failed(e),
-        }
-        match result {
             Ok(_) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
+                if self.health.committed() {
                     tracing::info!("outbox writable again; writes are being accepted");
                 }
             }
             Err(e) => {
-                if self.healthy.swap(false, Ordering::Relaxed) {
+                if self.health.failed(e) {
                     tracing::error!(error = %e, writes, "outbox not writable; writes are refused with 503 until it recovers");
                 } else {
                     tracing::debug!(error = %e, writes, "group commit failed");

@@ -93,18 +93,16 @@ impl WritePath {
         rest: &str,
         body: Body,
     ) -> Result<(uuid::Uuid, bool), ApiError> {
-        if !self.allow_non_durable {
-            let problems = self.durability.problems();
-            if !problems.is_empty() {
-                return Err(ApiError::NotDurable {
-                    detail: format!(
-                        "the database could lose this write in a crash ({}); spool refuses \
-                         writes until that is fixed; the write is not stored",
-                        problems.join("; ")
-                    ),
-                    retry_after_s: self.retry_after_s,
-                });
-            }
+        if !self.allow_non_durable
+            && let Some(problems) = self.durability.problems()
+        {
+            return Err(ApiError::NotDurable {
+                detail: format!(
+                    "the database could lose this write in a crash ({problems}); spool refuses \
+                     writes until that is fixed; the write is not stored"
+                ),
+                retry_after_s: self.retry_after_s,
+            });
         }
         // Held until the write is answered: the body is in memory till then.
         let (body, _held) = body::read_body(

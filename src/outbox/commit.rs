@@ -92,68 +92,70 @@ async fn commit_on_pool(
         Ok(Err(e)) => return BatchCommit::NotCommitted(e.into()),
         Err(_) => return BatchCommit::NotCommitted(DbError::Timeout(budget)),
     };
-    let known = match incarnation.get() {
-        Some(known) => known,
-        None => match timeout_at(deadline, client.query_one(sql::SERVER_INCARNATION, &[])).await {
-            Ok(Ok(row)) => {
+    // Any failure before COMMIT is sent leaves nothing stored.
+    let before_commit = async {
+        let known = match incarnation.get() {
+            Some(known) => known,
+            None => {
+                let row = bounded(
+                    deadline,
+                    budget,
+                    client.query_one(sql::SERVER_INCARNATION, &[]),
+                )
+                .await?;
                 let known: String = row.get(0);
                 incarnation.set(known.clone());
                 known
             }
-            Ok(Err(e)) => {
-                discard(client);
-                return BatchCommit::NotCommitted(e.into());
-            }
-            Err(_) => {
-                discard(client);
-                return BatchCommit::NotCommitted(DbError::Timeout(budget));
-            }
-        },
+        };
+        let inserted = bounded(
+            deadline,
+            budget,
+            insert_batch(&client, batch, idempotency_retention_s),
+        )
+        .await?;
+        Ok::<_, DbError>((known, inserted))
     };
-    let inserted = match timeout_at(
-        deadline,
-        insert_batch(&client, batch, idempotency_retention_s),
-    )
-    .await
-    {
-        Ok(Ok(inserted)) => inserted,
-        Ok(Err(e)) => {
+    let (known, inserted) = match before_commit.await {
+        Ok(ready) => ready,
+        Err(e) => {
             discard(client);
-            return BatchCommit::NotCommitted(e.into());
-        }
-        Err(_) => {
-            discard(client);
-            return BatchCommit::NotCommitted(DbError::Timeout(budget));
+            return BatchCommit::NotCommitted(e);
         }
     };
-    match timeout_at(deadline, client.batch_execute("COMMIT")).await {
-        Ok(Ok(())) => {
+    match bounded(deadline, budget, client.batch_execute("COMMIT")).await {
+        Ok(()) => {
             let bytes: usize = batch.iter().map(|m| m.body.len()).sum();
             if bytes > LARGE_TRANSFER {
                 discard(client);
             }
             BatchCommit::Committed(inserted.stored)
         }
-        Ok(Err(e)) if e.as_db_error().is_some() => {
+        // Postgres answered: a refused COMMIT rolled back.
+        Err(DbError::Postgres(e)) if e.as_db_error().is_some() => {
             discard(client);
-            BatchCommit::NotCommitted(e.into())
+            BatchCommit::NotCommitted(DbError::Postgres(e))
         }
-        Ok(Err(e)) => {
-            discard(client);
-            BatchCommit::InDoubt {
-                inserted,
-                incarnation: known,
-                error: e.into(),
-            }
-        }
-        Err(_) => {
+        Err(error) => {
             discard(client);
             BatchCommit::InDoubt {
                 inserted,
                 incarnation: known,
-                error: DbError::Timeout(budget),
+                error,
             }
         }
+    }
+}
+
+/// `work` by `deadline`, its timeout reported as taking `budget`.
+async fn bounded<T>(
+    deadline: Instant,
+    budget: Duration,
+    work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match timeout_at(deadline, work).await {
+        Ok(done) => done.map_err(DbError::from),
+        Err(_) => Err(DbError::Timeout(budget)),
     }
 }
 

@@ -73,30 +73,43 @@ impl DurabilitySettings {
 }
 
 /// The last reading of the settings, shared by the write path, `/readyz`
-/// and the task that reads them again every minute.
+/// and the task that reads them again every minute. What is wrong is
+/// worked out once per reading, so that a write only takes a read lock.
 #[derive(Debug, Default)]
 pub struct Durability {
-    last: RwLock<Option<DurabilitySettings>>,
+    last: RwLock<Option<Reading>>,
+}
+
+#[derive(Debug, Clone)]
+struct Reading {
+    settings: DurabilitySettings,
+    problems: Vec<String>,
 }
 
 impl Durability {
     /// Stores a reading; says whether what it means changed, so that the
     /// caller logs transitions, not every minute.
     pub fn update(&self, settings: DurabilitySettings) -> bool {
+        let problems = settings.problems();
         let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
-        let changed = last.as_ref().map(DurabilitySettings::problems) != Some(settings.problems());
-        *last = Some(settings);
+        let changed = last.as_ref().map(|r| &r.problems) != Some(&problems);
+        *last = Some(Reading { settings, problems });
         changed
     }
 
     /// The last reading; `None` until one succeeded.
     pub fn last(&self) -> Option<DurabilitySettings> {
-        self.last.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let last = self.last.read().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(|r| r.settings.clone())
     }
 
-    /// What is wrong with the last reading (nothing before the first).
-    pub fn problems(&self) -> Vec<String> {
-        self.last().map(|s| s.problems()).unwrap_or_default()
+    /// What is wrong with the last reading, joined; `None` when nothing is
+    /// (or before the first reading).
+    pub fn problems(&self) -> Option<String> {
+        let last = self.last.read().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|r| !r.problems.is_empty())
+            .map(|r| r.problems.join("; "))
     }
 }
 
